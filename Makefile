@@ -1,0 +1,46 @@
+# The lab's two commands (see README.md). Each one creates or updates .venv by itself.
+#   make lab    set everything up and open JupyterLab on 127.0.0.1 in notebooks/
+#   make test   set everything up and run the whole suite in fast mode (pytest + nbval)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The local CPU wheel on lab machines; on a CUDA machine use e.g. TORCH='torch>=2.4,<2.15'.
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.labkit-installed
+CELL_TIMEOUT ?= 300
+PYTEST_ARGS ?=
+LAB_PORT ?= 8888
+
+.PHONY: lab test venv bench student clean-services help
+help:
+	@echo "make lab   - set up and open JupyterLab (127.0.0.1:$(LAB_PORT))"
+	@echo "make test  - set up and run every test and notebook in fast mode"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e '.[serve,test]'
+	# the TF Serving protos depend on full tensorflow; we use tensorflow-cpu, hence --no-deps
+	$(PY) -m pip install -q --no-deps 'tensorflow-serving-api>=2.16'
+	@touch $(STAMP)
+
+lab: $(STAMP)
+	@echo "Opening JupyterLab on 127.0.0.1:$(LAB_PORT) in notebooks/ (Ctrl-C to stop)"
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser --ServerApp.root_dir=notebooks
+
+test: $(STAMP)
+	LABKIT_FAST=1 $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env \
+		--nbval-cell-timeout=$(CELL_TIMEOUT) -p no:randomly $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(VENV)/bin/labkit bench all --fast
+
+student: $(STAMP)
+	$(VENV)/bin/labkit student student-edition
+
+clean-services: $(STAMP)
+	$(VENV)/bin/labkit services --stop-all

@@ -1,0 +1,1 @@
+"""One module per ``labkit bench`` benchmark, each with ``run(fast: bool) -> labkit.bench.Result``."""

@@ -1,0 +1,92 @@
+"""The one ``labkit`` command: doctor, bench, services, student.
+
+    labkit doctor                     what this machine has, and how to get what it lacks
+    labkit bench baseline --fast      run a benchmark; prints target lines, writes JSON
+    labkit services --list|--stop-all processes labkit started
+    labkit student OUT_DIR            write the student edition of the notebooks
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from labkit.errors import LabkitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Model Parallel Inference lab helpers.")
+
+
+@app.command()
+def doctor(measure: bool = typer.Option(True, help="Measure peak matmul GFLOP/s (a few seconds).")) -> None:
+    """Python, torch, devices, cores, threads, peak GFLOP/s, and each service's availability."""
+    from labkit import doctor as doc
+
+    typer.echo(doc.render(measure=measure))
+
+
+@app.command()
+def bench(
+    name: str = typer.Argument(..., help="baseline, pipeline, ensemble, sharding, data-parallel, celery, gateway, ray, hpa, torchserve, tfserving, or all"),
+    fast: bool = typer.Option(False, "--fast", help="Small sizes: the same code paths, quicker."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write results here (default: bench-<name>.json in the cache dir)."),
+) -> None:
+    """Run benchmarks side by side and print one target line per figure."""
+    from labkit import bench as b
+    from labkit import config
+
+    names = [n for n, ok in b.available().items() if ok] if name == "all" else [name]
+    results = []
+    for n in names:
+        typer.echo(f"== bench {n}{' (fast)' if fast else ''}")
+        r = b.run(n, fast=fast)
+        for line in r.lines():
+            typer.echo(line)
+        results.append(r)
+    out = b.write_json(results, json_path or config.cache_dir("bench") / f"bench-{name}.json")
+    typer.echo(f"results written to {out}")
+    missed = [t.line() for r in results for t in r.targets if t.met is False]
+    if missed:
+        typer.echo(f"{len(missed)} target(s) missed", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def services(
+    stop_all: bool = typer.Option(False, "--stop-all", help="Stop every process labkit started (by pid)."),
+) -> None:
+    """List (or stop) the servers, brokers and workers labkit started."""
+    from labkit.services import process
+
+    if stop_all:
+        stopped = process.stop_all()
+        typer.echo("stopped: " + ", ".join(stopped) if stopped else "nothing to stop")
+        return
+    rows = process.running()
+    if not rows:
+        typer.echo("no labkit process is running")
+    for r in rows:
+        typer.echo(f"{r['name']:<20} pid {r['pid']:<8} {' '.join(r['cmd'])[:80]}")
+
+
+@app.command()
+def student(
+    out_dir: Path = typer.Argument(..., help="Where to write the student edition."),
+    src: Path = typer.Option(Path("notebooks"), help="Folder of the instructor notebooks."),
+) -> None:
+    """Write the student edition: solutions replaced by stubs, outputs cleared, checks kept."""
+    from labkit.exercises.student import make_student_edition
+
+    for p in make_student_edition(src, out_dir):
+        typer.echo(f"wrote {p}")
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning labkit's own errors into one clear line."""
+    try:
+        app()
+    except LabkitError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)

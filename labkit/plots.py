@@ -1,0 +1,209 @@
+"""One plot family for the whole lab: gantt, speedup/scaling, latency vs batch, latency CDF, bars,
+replicas over time. Each function draws on ``ax`` if given (else a new figure) and returns the Axes.
+
+matplotlib is imported inside each function, so ``import labkit.plots`` stays cheap.
+Used in every notebook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from labkit.timing import Timeline
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+__all__ = [
+    "annotate_device",
+    "bars",
+    "gantt",
+    "latency_cdf",
+    "latency_vs_batch",
+    "over_time",
+    "replicas_over_time",
+    "scaling",
+    "throughput_vs",
+]
+
+STAGE_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
+
+
+def _ax(ax: Axes | None, figsize: tuple[float, float] = (7.5, 3.5)) -> Axes:
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    _, new_ax = plt.subplots(figsize=figsize, layout="constrained")
+    return new_ax
+
+
+def gantt(timeline: Timeline, ax: Axes | None = None, title: str = "Who did what when", max_spans: int = 2000) -> Axes:
+    """Draw one row per worker and one bar per span, coloured by stage; time starts at 0."""
+    spans = timeline.spans[:max_spans]
+    workers = sorted({s.worker for s in spans})
+    stages = timeline.stages()
+    color = {st: STAGE_COLORS[i % len(STAGE_COLORS)] for i, st in enumerate(stages)}
+    t0 = timeline.start
+    ax = _ax(ax, (8, 0.5 + 0.45 * max(len(workers), 2)))
+    for row, worker in enumerate(workers):
+        mine = [s for s in spans if s.worker == worker]
+        ax.broken_barh(
+            [((s.start - t0) * 1e3, max(s.duration * 1e3, 1e-3)) for s in mine],
+            (row - 0.4, 0.8),
+            facecolors=[color[s.stage] for s in mine],
+            edgecolor="white",
+            linewidth=0.3,
+        )
+    ax.set_yticks(range(len(workers)), workers)
+    ax.set_xlabel("time (ms)")
+    ax.set_title(title)
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=color[s], label=s) for s in stages], loc="upper right", fontsize="small", ncols=min(len(stages), 4))
+    ax.invert_yaxis()
+    return ax
+
+
+def scaling(
+    n_workers: Sequence[int],
+    speedups: Sequence[float],
+    ax: Axes | None = None,
+    label: str = "measured",
+    title: str = "Speedup vs workers",
+    xlabel: str = "workers",
+    ideal: bool = True,
+) -> Axes:
+    """Plot speedup against worker count, with the ideal line y = x."""
+    ax = _ax(ax, (5, 3.5))
+    ax.plot(n_workers, speedups, "o-", label=label)
+    if ideal:
+        ax.plot(n_workers, n_workers, "--", color="grey", label="ideal (linear)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("speedup ×")
+    ax.set_xticks(list(n_workers))
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def throughput_vs(
+    x: Sequence[float],
+    throughputs_per_s: Sequence[float],
+    ax: Axes | None = None,
+    xlabel: str = "workers",
+    label: str = "measured",
+    bound_per_s: float | None = None,
+    bound_label: str = "bound",
+    ideal_from_first: bool = False,
+    title: str = "Throughput",
+) -> Axes:
+    """Plot throughput against ``x`` with an optional horizontal bound and/or a linear ideal line."""
+    ax = _ax(ax, (5, 3.5))
+    ax.plot(x, throughputs_per_s, "o-", label=label)
+    if ideal_from_first and len(x):
+        ax.plot(x, [throughputs_per_s[0] * xi / x[0] for xi in x], "--", color="grey", label="ideal (linear)")
+    if bound_per_s is not None:
+        ax.axhline(bound_per_s, color="C3", ls=":", label=bound_label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("items / s")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def latency_vs_batch(
+    batch_sizes: Sequence[int],
+    latency_ms: Sequence[float],
+    throughput_per_s: Sequence[float],
+    ax: Axes | None = None,
+    title: str = "Batch size: latency vs throughput",
+) -> Axes:
+    """Latency per batch (left axis) and items/s (right axis) against batch size, log-x."""
+    ax = _ax(ax, (6, 3.5))
+    ax.plot(batch_sizes, latency_ms, "o-", color="C0", label="latency per batch")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("latency per batch (ms)", color="C0")
+    right = ax.twinx()
+    right.plot(batch_sizes, throughput_per_s, "s--", color="C1", label="throughput")
+    right.set_ylabel("items / s", color="C1")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def latency_cdf(latencies_s: Mapping[str, Sequence[float]], ax: Axes | None = None, title: str = "Latency CDF", log: bool = True) -> Axes:
+    """One empirical CDF per named latency list (in ms), with p50 and p99 guides."""
+    import numpy as np
+
+    ax = _ax(ax, (6, 3.5))
+    for name, values in latencies_s.items():
+        xs = np.sort(np.asarray(values, dtype=float)) * 1e3
+        if len(xs):
+            ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs), label=name)
+    for q in (0.5, 0.99):
+        ax.axhline(q, color="grey", lw=0.6, ls=":")
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("fraction of requests ≤ x")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def bars(values: Mapping[str, float], ax: Axes | None = None, ylabel: str = "", title: str = "", fmt: str = "{:.1f}", errors: Mapping[str, float] | None = None) -> Axes:
+    """Labelled bars with their value printed on top."""
+    ax = _ax(ax, (max(4.0, 0.9 * len(values) + 2), 3.5))
+    names = list(values)
+    heights = [values[n] for n in names]
+    yerr = [errors.get(n, 0.0) for n in names] if errors else None
+    rects = ax.bar(names, heights, yerr=yerr, color=[STAGE_COLORS[i % len(STAGE_COLORS)] for i in range(len(names))])
+    ax.bar_label(rects, labels=[fmt.format(h) for h in heights], fontsize="small")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=20 if len(names) > 4 else 0)
+    ax.grid(axis="y", alpha=0.3)
+    return ax
+
+
+def over_time(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], ax: Axes | None = None, ylabel: str = "", title: str = "", step: bool = False) -> Axes:
+    """Several (t, y) series on one time axis (seconds)."""
+    ax = _ax(ax, (7, 3))
+    for name, (t, y) in series.items():
+        if step:
+            ax.step(t, y, where="post", label=name)
+        else:
+            ax.plot(t, y, label=name)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def replicas_over_time(t_s: Sequence[float], replicas: Sequence[int], load: tuple[Sequence[float], Sequence[float]] | None = None, ax: Axes | None = None, title: str = "Replicas over time") -> Axes:
+    """Replica count as a step line; offered load on a second axis when given as (t, load)."""
+    ax = _ax(ax, (7, 3))
+    ax.step(t_s, replicas, where="post", color="C0", label="replicas")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("replicas", color="C0")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    if load is not None:
+        right = ax.twinx()
+        right.plot(load[0], load[1], color="C1", alpha=0.7, label="offered load")
+        right.set_ylabel("offered load", color="C1")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def annotate_device(ax: Axes, device: Any) -> None:
+    """Write the device name in the corner of a plot, so a CPU run never passes for a GPU one."""
+    ax.text(0.99, 0.01, f"device: {device}", transform=ax.transAxes, ha="right", va="bottom", fontsize="x-small", color="grey")
