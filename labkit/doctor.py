@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Check", "checks", "render"]
+__all__ = ["Check", "checks", "java_home", "render"]
 
 APT = "apt-get install -y"
 PIP_SERVE = "pip install -e '.[serve]'  (or: make lab)"

@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
 from labkit import config
@@ -33,10 +36,33 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
             report.longrepr = f"{item.nodeid}: skipped without a reason; every skip must say why"
 
 
+_SESSION_START = time.time()
+
+
+def _started_by_this_session(info: dict) -> bool:  # type: ignore[type-arg]
+    """True if this pytest process (or a kernel/worker it started) started the process in ``info``."""
+    import psutil
+
+    me = os.getpid()
+    parent = info.get("parent")
+    try:
+        p = psutil.Process(int(parent)) if parent else None
+        while p is not None:
+            if p.pid == me:
+                return True
+            p = p.parent()
+        return False
+    except psutil.NoSuchProcess:  # its starter is gone (a kernel that ended): judge by time
+        return float(info.get("create_time") or 0) >= _SESSION_START
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from labkit.services import process
 
-    if process.running():
-        stopped = process.stop_all()
-        print(f"\nlabkit: processes left running after the tests (now stopped): {', '.join(stopped)}")
+    left = [r for r in process.running() if _started_by_this_session(r)]
+    if left:
+        names = ", ".join(f"{r['name']} (pid {r['pid']})" for r in left)
+        for r in left:
+            process.stop_pid(int(r["pid"]))
+        print(f"\nlabkit: processes left running after the tests (now stopped): {names}")
         session.exitstatus = 1

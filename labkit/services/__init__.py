@@ -11,4 +11,4 @@ Import the module you need: ``from labkit.services import redis``.
 
 from __future__ import annotations
 
-__all__ = ["process"]
+__all__: list[str] = []  # import the submodules by name

@@ -38,6 +38,7 @@ __all__ = [
     "running",
     "start",
     "stop_all",
+    "stop_pid",
     "wait_until",
 ]
 
@@ -45,6 +46,7 @@ STOP_TIMEOUT_S = 10.0
 READY_INTERVAL_S = 0.05
 LOG_TAIL_LINES = 40
 _PR_SET_PDEATHSIG = 1
+_SIGTERM = signal.SIGTERM  # the class below has a method named signal
 _live: "set[ManagedProcess]" = set()
 _live_lock = threading.Lock()
 
@@ -94,7 +96,10 @@ def _create_time(pid: int) -> float | None:
     import psutil
 
     try:
-        return float(psutil.Process(pid).create_time())
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:  # dead, waiting to be reaped
+            return None
+        return float(proc.create_time())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
 
@@ -159,9 +164,11 @@ class ManagedProcess:
         if self.alive():
             os.kill(self.pid, sig)
 
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S, sig: int = signal.SIGTERM) -> None:
-        """Stop the process and every descendant: ``sig`` first, SIGKILL after ``timeout_s``."""
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S, sig: int | None = None) -> None:
+        """Stop the process and every descendant: ``sig`` (default SIGTERM) first, SIGKILL after ``timeout_s``."""
         import psutil
+
+        sig = signal.SIGTERM if sig is None else sig
 
         procs = self.tree()
         if self.alive():
@@ -267,31 +274,34 @@ def running() -> list[dict[str, Any]]:
     return out
 
 
-def stop_all(timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
-    """Stop every process labkit started that is still running; return what was stopped."""
+def stop_pid(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+    """Stop one process labkit recorded, and its descendants; False if it was not running."""
     import psutil
 
-    stopped = []
-    for info in running():
+    for f in _pid_dir().glob(f"*-{pid}.json"):
+        f.unlink(missing_ok=True)
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return False
+    for p in procs:
         try:
-            root = psutil.Process(int(info["pid"]))
-            procs = [root, *root.children(recursive=True)]
+            p.terminate()
         except psutil.NoSuchProcess:
-            continue
-        for p in procs:
-            try:
-                p.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=timeout_s)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        Path(info["pid_file"]).unlink(missing_ok=True)
-        stopped.append(f"{info['name']} (pid {info['pid']})")
-    return stopped
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return True
+
+
+def stop_all(timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
+    """Stop every process labkit started that is still running; return what was stopped."""
+    return [f"{info['name']} (pid {info['pid']})" for info in running() if stop_pid(int(info["pid"]), timeout_s)]
 
 
 def _stop_live() -> None:

@@ -1,0 +1,70 @@
+"""Checks for notebook 00 · Setup and baselines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from labkit.exercises import verdict
+
+__all__ = ["check_best_batch_size", "check_fraction_of_peak", "check_oversubscription_slowdown"]
+
+_REL_TOL = 0.02
+
+
+def _close(a: float, b: float, rel: float = _REL_TOL) -> bool:
+    return abs(a - b) <= rel * max(abs(b), 1e-12)
+
+
+def check_fraction_of_peak(answer: float | None, sweep: Sequence[Any], peak_gflops: dict[int, float], batch_size: int, threads: int) -> bool:
+    """Exercise 1: achieved GFLOP/s at ``batch_size`` divided by the measured peak at ``threads``."""
+    point = next((p for p in sweep if p.batch_size == batch_size), None)
+    hint = "take the gflops of the sweep point with that batch size and divide by peak[threads]"
+    if point is None:
+        return verdict("Exercise 1", answer, f"batch size {batch_size} is not in the sweep", hint)
+    expected = point.gflops / peak_gflops[threads]
+    problem = None
+    if answer is not None and answer is not Ellipsis:
+        if not isinstance(answer, (int, float)):
+            problem = f"expected a number, got {type(answer).__name__}"
+        elif answer > 1.0 and _close(answer / 100, expected):
+            problem = "that looks like a percentage: give a fraction between 0 and 1"
+        elif not _close(float(answer), expected):
+            problem = f"{answer:.3g} is not the measured fraction (it should be about {expected:.3g})"
+    return verdict("Exercise 1", answer, problem, hint, success=f"The model uses {expected:.0%} of what the cores can do.")
+
+
+def check_oversubscription_slowdown(answer: float | None, throughputs: dict[str, float]) -> bool:
+    """Exercise 2: throughput of the oversubscribed run divided by the one-process run."""
+    names = list(throughputs)
+    expected = throughputs[names[1]] / throughputs[names[0]]
+    problem = None
+    if answer is not None and answer is not Ellipsis:
+        if not isinstance(answer, (int, float)):
+            problem = f"expected a number, got {type(answer).__name__}"
+        elif _close(float(answer), 1 / expected):
+            problem = "that is the inverse: divide the oversubscribed throughput by the one-process throughput"
+        elif not _close(float(answer), expected):
+            problem = f"{answer:.3g} is not the measured ratio (about {expected:.3g})"
+    return verdict("Exercise 2", answer, problem, f"use the dict keys in order: {names[1]!r} / {names[0]!r}", success=f"Oversubscription ran at {expected:.2f}× of one process.")
+
+
+def check_best_batch_size(fn: Callable[[Sequence[Any], float], int] | None) -> bool:
+    """Exercise 3: ``fn(sweep, max_latency_ms)`` returns the highest-throughput batch size under the budget."""
+    from labkit.benchmarks.baseline import SweepPoint
+
+    hint = "filter points with latency_ms <= max_latency_ms, then take the one with the largest throughput_per_s"
+    if fn is None or fn is Ellipsis:
+        return verdict("Exercise 3", None, None, hint)
+    sweep = [SweepPoint(1, 0.5, 2000, 1), SweepPoint(8, 1.0, 8000, 1), SweepPoint(64, 4.0, 16000, 1), SweepPoint(512, 30.0, 17000, 1)]
+    cases = [(10.0, 64), (100.0, 512), (1.0, 8), (0.6, 1)]
+    for budget, expected in cases:
+        try:
+            got = fn(sweep, budget)
+        except Exception as exc:  # the student's function raised
+            return verdict("Exercise 3", fn, f"your function raised {type(exc).__name__}: {exc} (budget {budget} ms)", hint)
+        if got is None or got is Ellipsis:
+            return verdict("Exercise 3", None, None, hint)
+        if got != expected:
+            return verdict("Exercise 3", fn, f"with a budget of {budget} ms it returned {got!r}, expected {expected}", hint)
+    return verdict("Exercise 3", fn, None, hint, success="Bigger batches win until the latency budget says stop.")

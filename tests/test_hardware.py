@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from labkit import hardware
+from labkit.errors import BadInput, NeedsGPU
+
+
+def test_device_auto_and_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LABKIT_DEVICE", raising=False)
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert hardware.device().type == expected
+    monkeypatch.setenv("LABKIT_DEVICE", "cpu")
+    assert hardware.device() == torch.device("cpu")
+
+
+@pytest.mark.parametrize("name", ["tpu", "cuda:x", "gpu0"])
+def test_unknown_device_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv("LABKIT_DEVICE", name)
+    with pytest.raises(BadInput) as err:
+        hardware.device()
+    assert "\n" not in str(err.value) and "auto, cpu, cuda" in str(err.value)
+
+
+def test_gpu_requested_where_none_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    n = hardware.gpu_count()
+    monkeypatch.setenv("LABKIT_DEVICE", f"cuda:{n}")
+    with pytest.raises(NeedsGPU, match=f"has {n} CUDA GPU"):
+        hardware.device()
+
+
+def test_require_skips_cleanly_with_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    too_many = hardware.gpu_count() + 1
+    assert hardware.require(gpus=0) is True
+    assert hardware.require(gpus=too_many) is False
+    assert f"needs {too_many} CUDA GPU(s)" in capsys.readouterr().out
+    with pytest.raises(NeedsGPU):
+        hardware.require(gpus=too_many, strict=True)
+    assert hardware.missing(gpus=too_many) is not None
+
+
+def test_threads_limited_restores() -> None:
+    before = torch.get_num_threads()
+    with hardware.threads_limited(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(BadInput):
+        hardware.set_threads(0)
+
+
+def test_peak_gflops_is_measured_per_thread_count() -> None:
+    peaks = hardware.peak_gflops([1], size=128, repeats=2)
+    assert list(peaks) == [1] and peaks[1] > 0.1
+
+
+def test_import_labkit_is_cheap() -> None:
+    code = "import sys, labkit; bad = [m for m in ('torch', 'ray', 'celery', 'tensorflow', 'matplotlib', 'httpx') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", f"import labkit pulled in heavy modules: {out}"
+
+
+def test_describe_mentions_device_and_mode() -> None:
+    line = hardware.describe()
+    assert "device" in line and "mode" in line and "torch" in line

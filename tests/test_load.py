@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from labkit import load
+from labkit.errors import BadInput
+from labkit.services import process
+
+
+@pytest.fixture(scope="module")
+def echo_url() -> Iterator[str]:
+    port = process.free_port()
+    url = f"http://127.0.0.1:{port}/"
+    cmd = [sys.executable, "-m", "uvicorn", "echo_app:app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    with process.start("echo-app", cmd, cwd=Path(__file__).parent, ready=lambda: httpx.post(url, json={}).status_code == 200, timeout_s=30):
+        yield url
+
+
+def test_closed_loop_counts_every_request(echo_url: str) -> None:
+    r = load.closed_loop(echo_url, payload=lambda i: {"i": i}, concurrency=4, n_requests=60)
+    assert r.n == 60 and r.errors == 0 and r.throughput_per_s > 0
+    assert {req.worker for req in r.requests} == {0, 1, 2, 3}
+    s = r.stats()
+    assert 0 < s.p50 <= s.p99 <= s.max
+    assert r.summary()["n"] == 60
+
+
+def test_errors_are_recorded_not_raised(echo_url: str) -> None:
+    r = load.closed_loop(echo_url, payload=lambda i: {"fail": i % 3 == 0}, concurrency=2, n_requests=30)
+    assert r.errors == 10 and r.status_counts() == {"200": 20, "500": 10}
+    bad_check = load.closed_loop(echo_url, payload={"x": 1}, concurrency=1, n_requests=3, check=lambda resp: "wrong answer")
+    assert bad_check.errors == 3 and bad_check.first_error() == "wrong answer"
+
+
+def test_refused_connection_is_an_error_not_a_hang() -> None:
+    port = process.free_port()
+    r = load.closed_loop(f"http://127.0.0.1:{port}/", payload={}, concurrency=2, n_requests=4, timeout_s=2)
+    assert r.errors == 4 and "ConnectError" in (r.first_error() or "")
+    with pytest.raises(BadInput, match="no successful request"):
+        r.stats()
+
+
+def test_duration_bound_stops_by_itself(echo_url: str) -> None:
+    r = load.closed_loop(echo_url, payload={}, concurrency=2, duration_s=0.5)
+    assert 0.4 < r.elapsed_s < 5 and r.n > 0
+
+
+def test_open_loop_and_ramp_follow_the_rate(echo_url: str) -> None:
+    r = load.open_loop(echo_url, payload={}, rate_per_s=40, duration_s=0.5)
+    assert r.n == 20 and r.errors == 0
+    rr = load.ramp(echo_url, {}, [(0.25, 20), (0.25, 0), (0.25, 40)])
+    assert rr.n == 5 + 0 + 10
+
+
+@pytest.mark.parametrize("url", ["http://10.0.0.1:80/", "http://example.com/", "http://192.168.1.2/"])
+def test_only_loopback_targets(url: str) -> None:
+    with pytest.raises(BadInput, match="only target this machine"):
+        load.closed_loop(url, n_requests=1)
+
+
+def test_must_be_bounded() -> None:
+    with pytest.raises(BadInput, match="stop by itself"):
+        load.closed_loop("http://127.0.0.1:1/")
+    with pytest.raises(BadInput):
+        load.closed_loop("http://127.0.0.1:1/", n_requests=10**9)
+    with pytest.raises(BadInput):
+        load.ramp("http://127.0.0.1:1/", {}, [(1.0, -5)])

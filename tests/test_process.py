@@ -1,0 +1,121 @@
+"""labkit.services.process: ready means ready, stop leaves nothing, children die with their parent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from labkit.errors import BadInput, ServiceUnavailable
+from labkit.services import process
+
+SLEEPER = [sys.executable, "-c", "import time, subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"]
+
+
+def _gone(pid: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_free_port_is_bindable() -> None:
+    import socket
+
+    port = process.free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_start_ready_logs_and_stop_whole_tree() -> None:
+    port = process.free_port()
+    cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+
+    def ready() -> bool:
+        import httpx
+
+        return httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200
+
+    with process.start("http-test", cmd, ready=ready, timeout_s=30) as proc:
+        assert proc.alive()
+        assert any(r["pid"] == proc.pid for r in process.running())
+        assert proc.rss_mb() > 1
+        time.sleep(0.2)
+        assert "GET /" in proc.logs()
+    assert not proc.alive()
+    assert all(r["pid"] != proc.pid for r in process.running())
+    assert not proc.pid_file.exists()
+
+
+def test_stop_reaches_grandchildren() -> None:
+    proc = process.start("tree-test", SLEEPER)
+    process.wait_until(lambda: len(proc.tree()) >= 2, 20, "grandchild started")
+    pids = [p.pid for p in proc.tree()]
+    proc.stop(timeout_s=5)
+    assert all(_gone(pid) for pid in pids)
+
+
+def test_missing_executable_says_how_to_get_it() -> None:
+    with pytest.raises(ServiceUnavailable, match="apt-get install -y nothing-here"):
+        process.start("missing", ["definitely-not-a-binary-xyz"], install_hint="apt-get install -y nothing-here")
+    with pytest.raises(BadInput):
+        process.start("empty", [])
+
+
+def test_child_that_exits_fails_fast_with_its_logs() -> None:
+    t0 = time.monotonic()
+    with pytest.raises(ServiceUnavailable) as err:
+        process.start("crasher", [sys.executable, "-c", "print('bad config line 3'); raise SystemExit(3)"], ready=lambda: False, timeout_s=30)
+    assert time.monotonic() - t0 < 15
+    assert "exited with code 3" in str(err.value) and "bad config line 3" in str(err.value)
+
+
+def test_not_ready_times_out() -> None:
+    with pytest.raises(ServiceUnavailable, match="not ready after 1 s"):
+        process.start("never-ready", [sys.executable, "-c", "import time; time.sleep(30)"], ready=lambda: False, timeout_s=1)
+    assert not [r for r in process.running() if r["name"] == "never-ready"]
+
+
+def test_children_die_with_their_parent_even_on_sigkill(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A kernel restart SIGKILLs the kernel: what it started must not survive it."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys, time
+            from labkit.services import process
+            p = process.start("orphan-check", [sys.executable, "-c", "import time; time.sleep(60)"])
+            print(p.pid, flush=True)
+            time.sleep(60)
+            """
+        )
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        child_pid = int(parent.stdout.readline())  # type: ignore[union-attr]
+        assert psutil.pid_exists(child_pid)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        assert _gone(child_pid), "the child outlived its SIGKILLed parent"
+    finally:
+        parent.kill()
+    process.running()  # prunes the stale pid file
+    assert not [r for r in process.running() if r["name"] == "orphan-check"]
+
+
+def test_handle_external_stop_is_a_no_op() -> None:
+    h = process.Handle("redis", "redis://127.0.0.1:1/0")
+    assert h.external and h.pid is None and h.alive()
+    h.stop()
+    assert "external" in h.logs()

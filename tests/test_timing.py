@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from labkit import timing
+from labkit.errors import BadInput
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), min_size=1, max_size=200), st.floats(min_value=0, max_value=100))
+def test_percentiles_match_numpy(values: list[float], p: float) -> None:
+    ours = timing.percentiles(values, [p])[p]
+    assert ours == pytest.approx(float(np.percentile(values, p)), rel=1e-9, abs=1e-6)
+
+
+def test_latency_stats_fields() -> None:
+    lat = [i / 1000 for i in range(1, 101)]
+    s = timing.latency_stats(lat)
+    assert s.n == 100
+    assert s.p50 == pytest.approx(np.percentile(lat, 50))
+    assert s.p99 == pytest.approx(np.percentile(lat, 99))
+    assert s.max == 0.1 and s.mean == pytest.approx(np.mean(lat))
+    assert "p99=" in str(s)
+
+
+def test_empty_and_bad_inputs() -> None:
+    with pytest.raises(BadInput, match="empty"):
+        timing.percentiles([])
+    with pytest.raises(BadInput, match="outside"):
+        timing.percentiles([1.0], [101])
+    with pytest.raises(BadInput):
+        timing.throughput(10, 0)
+    assert timing.throughput(10, 2.0) == 5.0
+
+
+def test_timeline_records_spans_from_threads() -> None:
+    tl = timing.Timeline()
+
+    def work(w: int) -> None:
+        for i in range(50):
+            with tl.span(f"w{w}", "stage-a" if i % 2 else "stage-b", item=(w, i)):
+                sum(range(100))
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(tl) == 200
+    assert tl.workers() == ["w0", "w1", "w2", "w3"]
+    assert set(tl.stages()) == {"stage-a", "stage-b"}
+    assert all(s.end >= s.start for s in tl)
+    assert tl.makespan >= max(s.duration for s in tl)
+    assert sum(len(v) for v in tl.by_stage().values()) == 200
+    assert all(0 <= f <= 1.0 + 1e-9 for f in tl.busy_fraction().values())
+    # round trip through dicts, as spans come back from other processes
+    tl2 = timing.Timeline()
+    tl2.extend(tl.to_dicts())
+    assert tl2.spans == tl.spans
+
+
+def test_span_recorded_when_block_raises() -> None:
+    tl = timing.Timeline()
+    with pytest.raises(RuntimeError):
+        with tl.span("w", "boom"):
+            raise RuntimeError("x")
+    assert len(tl) == 1
+
+
+def test_item_latency_spans_stages() -> None:
+    tl = timing.Timeline([timing.Span("a", "s1", 0.0, 1.0, 7), timing.Span("b", "s2", 1.5, 3.0, 7)])
+    assert tl.item_latencies() == {7: 3.0}
+
+
+def test_timed_and_measure() -> None:
+    with timing.timed() as t:
+        sum(range(10000))
+    assert t.elapsed_s > 0
+    calls = []
+    durations = timing.measure(lambda: calls.append(1), repeats=3, warmup=2)
+    assert len(durations) == 3 and len(calls) == 5
