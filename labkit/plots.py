@@ -122,14 +122,16 @@ def latency_vs_batch(
     ax: Axes | None = None,
     title: str = "Batch size: latency vs throughput",
 ) -> Axes:
-    """Latency per batch (left axis) and items/s (right axis) against batch size, log-x."""
+    """Latency per batch (left axis) and items/s (right axis) against batch size, log-log."""
     ax = _ax(ax, (6, 3.5))
     ax.plot(batch_sizes, latency_ms, "o-", color="C0", label="latency per batch")
     ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
     ax.set_xlabel("batch size")
     ax.set_ylabel("latency per batch (ms)", color="C0")
     right = ax.twinx()
     right.plot(batch_sizes, throughput_per_s, "s--", color="C1", label="throughput")
+    right.set_yscale("log")
     right.set_ylabel("items / s", color="C1")
     ax.set_title(title)
     ax.grid(alpha=0.3)

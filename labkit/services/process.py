@@ -37,6 +37,7 @@ __all__ = [
     "free_port",
     "running",
     "start",
+    "started_here",
     "stop_all",
     "stop_pid",
     "wait_until",
@@ -272,6 +273,12 @@ def running() -> list[dict[str, Any]]:
         info["pid_file"] = str(f)
         out.append(info)
     return out
+
+
+def started_here() -> list[dict[str, Any]]:
+    """Processes this interpreter (e.g. this notebook's kernel) started that are still running."""
+    me = os.getpid()
+    return [info for info in running() if info.get("parent") == me]
 
 
 def stop_pid(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> bool:
