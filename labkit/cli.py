@@ -4,6 +4,7 @@
     labkit bench baseline --fast      run a benchmark; prints target lines, writes JSON
     labkit services --list|--stop-all processes labkit started
     labkit student OUT_DIR            write the student edition of the notebooks
+    labkit tfserving --port=G --rest_api_port=P --model_name=M --model_base_path=DIR
 """
 
 from __future__ import annotations
@@ -81,6 +82,14 @@ def student(
 
     for p in make_student_edition(src, out_dir):
         typer.echo(f"wrote {p}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def tfserving(ctx: typer.Context) -> None:
+    """TF-Serving-API server with tensorflow_model_server's flags (--port, --rest_api_port, --model_name, --model_base_path, ...; --help for all)."""
+    from labkit.tfserving_api.main import main as serve
+
+    serve(list(ctx.args))
 
 
 def main() -> None:

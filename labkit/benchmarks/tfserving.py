@@ -1,0 +1,98 @@
+"""``labkit bench tfserving``: server-side batching vs none at concurrency 32, REST vs gRPC latency.
+
+Both servers run the same SavedModel on the same requests (one 8×8 digit each), one after the
+other in this run. Also reports start-to-first-prediction time and the server's RSS. Used in 10, 11.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labkit.bench import Result, Target
+
+__all__ = ["batching_sweep", "grpc_latencies", "run"]
+
+
+def _payloads(n: int) -> list[dict[str, Any]]:
+    from labkit.data import load_digits
+
+    x = load_digits().x_test.reshape(-1, 64)
+    return [{"instances": [x[i % len(x)].tolist()]} for i in range(n)]
+
+
+def batching_sweep(concurrencies: list[int], n_requests: int, max_batch_size: int = 32, batch_timeout_micros: int = 2000, progress: bool = True) -> dict[str, Any]:
+    """Closed-loop load at each concurrency against a server without and with batching."""
+    from tqdm.auto import tqdm
+
+    from labkit import load
+    from labkit.services import tfserving
+
+    payloads = _payloads(n_requests)
+    out: dict[str, Any] = {}
+    for batching in (False, True):
+        name = "batching" if batching else "no batching"
+        with tfserving.start(enable_batching=batching, max_batch_size=max_batch_size, batch_timeout_micros=batch_timeout_micros) as tfs:
+            url = tfs.predict_url()
+            load.closed_loop(url, lambda i: payloads[i], concurrency=4, n_requests=20)  # warm-up
+            rows = []
+            for c in tqdm(concurrencies, desc=name, disable=not progress, leave=False):
+                r = load.closed_loop(url, lambda i: payloads[i], concurrency=c, n_requests=n_requests)
+                rows.append({"concurrency": c, **r.summary(), "latencies_s": r.latencies_s()})
+            out[name] = {"rows": rows, "startup_s": tfs.started_s, "rss_mb": tfs.rss_mb(), "batch_sizes": _batch_sizes(tfs.url)}
+    return out
+
+
+def _batch_sizes(url: str) -> dict[int, int]:
+    """Batch sizes the server formed, read from its Prometheus metrics."""
+    import re
+
+    import httpx
+
+    text = httpx.get(f"{url}/monitoring/prometheus/metrics", timeout=5).text
+    return {int(s): int(c) for s, c in re.findall(r'processed_batch_size\{model="[^"]+",size="(\d+)"\} (\d+)', text)}
+
+
+def grpc_latencies(grpc_target: str, model_name: str, n: int) -> list[float]:
+    """Sequential gRPC Predict round trips with the official stub, in seconds."""
+    import grpc
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from labkit.data import load_digits
+    from labkit.timing import now
+
+    x = load_digits().x_test.reshape(-1, 64)
+    with grpc.insecure_channel(grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        out = []
+        for i in range(n + 5):
+            req = predict_pb2.PredictRequest()
+            req.model_spec.name = model_name
+            req.inputs["pixels"].CopyFrom(tf.make_tensor_proto(np.asarray(x[i % len(x)][None], np.float32)))
+            t0 = now()
+            stub.Predict(req, timeout=10)
+            if i >= 5:
+                out.append(now() - t0)
+    return out
+
+
+def run(fast: bool = False) -> Result:
+    """Batching gain at concurrency 32 (target ≥ 3×), start-up time and RSS of the server."""
+    n = 320 if fast else 2000
+    sweep = batching_sweep([32], n)
+    off, on = sweep["no batching"]["rows"][0], sweep["batching"]["rows"][0]
+    gain = on["throughput_per_s"] / off["throughput_per_s"]
+    return Result(
+        "tfserving",
+        [
+            Target("batching throughput gain at concurrency 32", gain, "×", ">=", 3.0),
+            Target("throughput without batching", off["throughput_per_s"], "req/s"),
+            Target("throughput with batching", on["throughput_per_s"], "req/s"),
+            Target("p99 without batching", off.get("p99_ms", float("nan")), "ms"),
+            Target("p99 with batching", on.get("p99_ms", float("nan")), "ms"),
+            Target("start to first prediction", sweep["batching"]["startup_s"], "s"),
+            Target("server RSS (process tree)", sweep["batching"]["rss_mb"], "MB"),
+        ],
+        figures={k: {kk: vv for kk, vv in v.items() if kk != "rows"} | {"rows": [{a: b for a, b in r.items() if a != "latencies_s"} for r in v["rows"]]} for k, v in sweep.items()},
+    )

@@ -1,0 +1,250 @@
+"""Model versions on disk → loaded servables: version policy, labels, polling, batching."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Empty, Queue
+from typing import Any
+
+import numpy as np
+
+__all__ = ["BatchStats", "BatchingParameters", "ModelRegistry", "NotFound", "InvalidArgument", "Servable", "VersionPolicy"]
+
+
+class NotFound(Exception):
+    """No servable matches the request (HTTP 404, gRPC NOT_FOUND)."""
+
+
+class InvalidArgument(Exception):
+    """The request does not fit the model (HTTP 400, gRPC INVALID_ARGUMENT)."""
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions to serve: ``latest`` (the newest ``n``), ``all``, or ``specific`` versions."""
+
+    kind: str = "latest"
+    n: int = 1
+    versions: tuple[int, ...] = ()
+
+    def choose(self, on_disk: list[int]) -> list[int]:
+        ordered = sorted(on_disk)
+        if self.kind == "all":
+            return ordered
+        if self.kind == "specific":
+            return [v for v in ordered if v in self.versions]
+        return ordered[-self.n :] if ordered else []
+
+
+@dataclass(frozen=True)
+class BatchingParameters:
+    """Server-side batching, named as in TF Serving's batching parameters file."""
+
+    max_batch_size: int = 32
+    batch_timeout_micros: int = 2000
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    rows: int = 0
+    sizes: dict[int, int] = field(default_factory=dict)
+
+
+class _Batcher:
+    """Merge concurrent requests into one model call: up to max_batch_size rows or the timeout."""
+
+    def __init__(self, fn: Any, params: BatchingParameters, stats: BatchStats) -> None:
+        self.fn = fn
+        self.params = params
+        self.stats = stats
+        self.queue: Queue[tuple[dict[str, np.ndarray], int, Future[dict[str, np.ndarray]]] | None] = Queue()
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="tfs-batcher")
+        self.thread.start()
+
+    def submit(self, inputs: dict[str, np.ndarray]) -> Future[dict[str, np.ndarray]]:
+        fut: Future[dict[str, np.ndarray]] = Future()
+        rows = len(next(iter(inputs.values())))
+        self.queue.put((inputs, rows, fut))
+        return fut
+
+    def close(self) -> None:
+        self.queue.put(None)
+
+    def _loop(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is None:
+                return
+            batch = [first]
+            rows = first[1]
+            deadline = time.monotonic() + self.params.batch_timeout_micros / 1e6
+            while rows < self.params.max_batch_size:
+                try:
+                    item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except Empty:
+                    break
+                if item is None:
+                    self.queue.put(None)
+                    break
+                batch.append(item)
+                rows += item[1]
+            self._run(batch, rows)
+
+    def _run(self, batch: list[tuple[dict[str, np.ndarray], int, Future[dict[str, np.ndarray]]]], rows: int) -> None:
+        try:
+            merged = {k: np.concatenate([b[0][k] for b in batch]) for k in batch[0][0]}
+            out = self.fn(merged)
+        except Exception as exc:
+            for _, _, fut in batch:
+                fut.set_exception(exc)
+            return
+        self.stats.batches += 1
+        self.stats.rows += rows
+        self.stats.sizes[rows] = self.stats.sizes.get(rows, 0) + 1
+        start = 0
+        for _, n, fut in batch:
+            fut.set_result({k: v[start : start + n] for k, v in out.items()})
+            start += n
+
+
+class Servable:
+    """One loaded SavedModel version and its signatures."""
+
+    def __init__(self, name: str, version: int, path: Path, batching: BatchingParameters | None, stats: BatchStats) -> None:
+        import tensorflow as tf
+
+        self.name = name
+        self.version = version
+        self.path = path
+        self.loaded = tf.saved_model.load(str(path))
+        self.signatures = dict(self.loaded.signatures)
+        self._batchers: dict[str, _Batcher] = {}
+        if batching is not None:
+            for sig_name in self.signatures:
+                self._batchers[sig_name] = _Batcher(lambda x, s=sig_name: self._call(s, x), batching, stats)
+
+    def signature(self, name: str | None) -> tuple[str, Any]:
+        key = name or "serving_default"
+        if key not in self.signatures:
+            raise InvalidArgument(f'Serving signature name: "{key}" not found in signature def')
+        return key, self.signatures[key]
+
+    def input_specs(self, name: str | None) -> dict[str, Any]:
+        return dict(self.signature(name)[1].structured_input_signature[1])
+
+    def output_specs(self, name: str | None) -> dict[str, Any]:
+        return dict(self.signature(name)[1].structured_outputs)
+
+    def _call(self, sig_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        fn = self.signatures[sig_name]
+        try:
+            out = fn(**{k: tf.constant(v) for k, v in inputs.items()})
+        except (tf.errors.InvalidArgumentError, TypeError, ValueError) as exc:
+            raise InvalidArgument(str(exc).splitlines()[0]) from exc
+        return {k: v.numpy() for k, v in out.items()}
+
+    def predict(self, sig_name: str | None, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check inputs against the signature, then run (through the batcher when batching)."""
+        key, _ = self.signature(sig_name)
+        specs = self.input_specs(key)
+        if set(inputs) != set(specs):
+            raise InvalidArgument(f"input names {sorted(inputs)} do not match the signature's {sorted(specs)}")
+        cast = {}
+        rows = None
+        for k, spec in specs.items():
+            try:
+                arr = np.asarray(inputs[k], dtype=spec.dtype.as_numpy_dtype)
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgument(f"input {k!r} cannot be read as {spec.dtype.name}: {exc}") from exc
+            if not spec.shape.is_compatible_with(arr.shape):
+                raise InvalidArgument(f"input {k!r} has shape {list(arr.shape)}, the signature expects {spec.shape.as_list()} (None = any)")
+            rows = arr.shape[0] if arr.ndim else rows
+            cast[k] = arr
+        batcher = self._batchers.get(key)
+        if batcher is not None and rows and rows < batcher.params.max_batch_size:
+            return batcher.submit(cast).result()
+        # a request that fills a batch on its own runs as it is (no merging can help it)
+        return self._call(key, cast)
+
+    def close(self) -> None:
+        for b in self._batchers.values():
+            b.close()
+
+
+class ModelRegistry:
+    """Serves the versions under ``base_path`` that ``policy`` selects; re-scans every ``poll_s``."""
+
+    def __init__(self, name: str, base_path: str | Path, policy: VersionPolicy = VersionPolicy(), labels: dict[str, int] | None = None, batching: BatchingParameters | None = None) -> None:
+        self.name = name
+        self.base_path = Path(base_path)
+        self.policy = policy
+        self.labels = dict(labels or {})
+        self.batching = batching
+        self.stats = BatchStats()
+        self._servables: dict[int, Servable] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def versions_on_disk(self) -> list[int]:
+        if not self.base_path.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.base_path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").exists())
+
+    def refresh(self) -> None:
+        """Load newly wanted versions first, then unload unwanted ones (availability preserving)."""
+        wanted = self.policy.choose(self.versions_on_disk())
+        for v in wanted:
+            if v not in self._servables:
+                servable = Servable(self.name, v, self.base_path / str(v), self.batching, self.stats)
+                with self._lock:
+                    self._servables[v] = servable
+        with self._lock:
+            gone = [v for v in self._servables if v not in wanted]
+            removed = [self._servables.pop(v) for v in gone]
+        for s in removed:
+            s.close()
+
+    def poll_forever(self, poll_s: float) -> None:
+        while not self._stop.wait(poll_s):
+            try:
+                self.refresh()
+            except Exception as exc:  # a half-written version dir: try again next poll
+                print(f"tfserving: could not load a version of {self.name}: {exc}", flush=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def loaded(self) -> list[int]:
+        with self._lock:
+            return sorted(self._servables)
+
+    def resolve(self, version: int | None = None, label: str | None = None) -> Servable:
+        """The servable for a request: a specific version, a label, or the latest loaded."""
+        with self._lock:
+            if label is not None:
+                if label not in self.labels:
+                    raise NotFound(f"Unrecognized servable version label: {label}")
+                version = self.labels[label]
+            if version is not None:
+                if version not in self._servables:
+                    raise NotFound(f"Servable not found for request: Specific({self.name}, {version})")
+                return self._servables[version]
+            if not self._servables:
+                raise NotFound(f"Servable not found for request: Latest({self.name})")
+            return self._servables[max(self._servables)]
+
+    def status(self, version: int | None = None) -> list[dict[str, Any]]:
+        versions = self.loaded() if version is None else [self.resolve(version).version]
+        return [{"version": str(v), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}} for v in sorted(versions, reverse=True)]
+
+    def servables(self) -> Iterator[Servable]:
+        with self._lock:
+            return iter(list(self._servables.values()))

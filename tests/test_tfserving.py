@@ -1,0 +1,194 @@
+"""labkit's TF-Serving-API server against TF Serving's documented REST and gRPC behaviour."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from labkit import data, tfmodels
+from labkit.errors import ServiceUnavailable
+from labkit.services import process, tfserving
+
+pytestmark = pytest.mark.service
+X = np.asarray(data.load_digits().x_test).reshape(-1, 64)
+Y = data.load_digits().y_test
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tfmodels.export_versions(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def tfs(model_dir: Path) -> Iterator[tfserving.TFServingHandle]:
+    with tfserving.start(model_base_path=model_dir, poll_s=0.3, enable_batching=True, max_batch_size=16, batch_timeout_micros=20000) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def tfs_config(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tfserving.TFServingHandle]:
+    cfg = tmp_path_factory.mktemp("cfg") / "models.config"
+    cfg.write_text(
+        f"""model_config_list {{
+  config {{
+    name: "digits"
+    base_path: "{model_dir}"
+    model_platform: "tensorflow"
+    model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
+    version_labels {{ key: "stable" value: 1 }}
+    version_labels {{ key: "canary" value: 2 }}
+  }}
+}}
+"""
+    )
+    with tfserving.start(model_config_file=cfg) as handle:
+        yield handle
+
+
+def test_status_and_metadata(tfs: tfserving.TFServingHandle) -> None:
+    r = httpx.get(f"{tfs.url}/v1/models/digits")
+    assert r.status_code == 200
+    assert r.json() == {"model_version_status": [{"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    meta = httpx.get(f"{tfs.url}/v1/models/digits/metadata").json()
+    sig = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert meta["model_spec"]["version"] == "2"
+    assert sig["inputs"]["pixels"]["dtype"] == "DT_FLOAT"
+    assert [d["size"] for d in sig["inputs"]["pixels"]["tensor_shape"]["dim"]] == ["-1", "64"]
+    assert set(sig["outputs"]) == {"probabilities", "classes"}
+
+
+def test_row_and_columnar_predict_agree_and_are_accurate(tfs: tfserving.TFServingHandle) -> None:
+    rows = httpx.post(tfs.predict_url(), json={"instances": X[:200].tolist()}).json()["predictions"]
+    cols = httpx.post(tfs.predict_url(), json={"inputs": X[:200].tolist()}).json()["outputs"]
+    classes = np.array([p["classes"] for p in rows])
+    assert np.array_equal(classes, np.array(cols["classes"]))
+    np.testing.assert_allclose(np.array([p["probabilities"] for p in rows]), np.array(cols["probabilities"]), rtol=1e-5, atol=1e-6)
+    assert (classes == Y[:200]).mean() > 0.9
+    named = httpx.post(tfs.predict_url(), json={"signature_name": "serving_default", "instances": [{"pixels": X[0].tolist()}]})
+    assert named.status_code == 200 and named.json()["predictions"][0]["classes"] == classes[0]
+
+
+@pytest.mark.parametrize(
+    "path,body,status,message",
+    [
+        ("/v1/models/nope:predict", {"instances": [[0.0] * 64]}, 404, "Servable not found for request: Latest(nope)"),
+        ("/v1/models/digits/versions/7:predict", {"instances": [[0.0] * 64]}, 404, "Servable not found for request: Specific(digits, 7)"),
+        ("/v1/models/digits/labels/stable:predict", {"instances": [[0.0] * 64]}, 404, "Unrecognized servable version label: stable"),
+        ("/v1/models/digits:predict", {"rows": []}, 400, "Missing 'inputs' or 'instances' key"),
+        ("/v1/models/digits:predict", {"instances": [[0.0] * 64], "inputs": [[0.0] * 64]}, 400, "not both"),
+        ("/v1/models/digits:predict", {"instances": [[0.0] * 10]}, 400, "expects [None, 64]"),
+        ("/v1/models/digits:predict", {"instances": [["a"] * 64]}, 400, "cannot be read as float32"),
+        ("/v1/models/digits:predict", {"instances": [[0.0] * 64, [0.0] * 3]}, 400, "regular"),
+        ("/v1/models/digits:predict", {"instances": []}, 400, "non-empty"),
+        ("/v1/models/digits:predict", {"signature_name": "nope", "instances": [[0.0] * 64]}, 400, 'Serving signature name: "nope" not found'),
+        ("/v1/models/digits:predict", [1, 2, 3], 400, "JSON object"),
+    ],
+)
+def test_rest_errors(tfs: tfserving.TFServingHandle, path: str, body: object, status: int, message: str) -> None:
+    r = httpx.post(f"{tfs.url}{path}", json=body)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]
+
+
+def test_not_json_and_wrong_method(tfs: tfserving.TFServingHandle) -> None:
+    r = httpx.post(tfs.predict_url(), content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"].startswith("JSON Parse error")
+    assert httpx.get(tfs.predict_url()).status_code == 405
+    assert httpx.get(f"{tfs.url}/v1/models/digits/versions/9").status_code == 404
+    # after all those errors the server still serves
+    assert httpx.post(tfs.predict_url(), json={"instances": [X[0].tolist()]}).status_code == 200
+
+
+def test_grpc_with_the_official_stubs(tfs: tfserving.TFServingHandle) -> None:
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
+
+    rest = httpx.post(tfs.predict_url(), json={"inputs": X[:5].tolist()}).json()["outputs"]
+    with grpc.insecure_channel(tfs.grpc_target) as ch:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = "digits"
+        req.inputs["pixels"].CopyFrom(tf.make_tensor_proto(X[:5].astype(np.float32)))
+        resp = stub.Predict(req, timeout=30)
+        assert resp.model_spec.version.value == 2
+        assert tf.make_ndarray(resp.outputs["classes"]).tolist() == rest["classes"]
+        np.testing.assert_allclose(tf.make_ndarray(resp.outputs["probabilities"]), np.array(rest["probabilities"]), rtol=1e-5, atol=1e-6)
+
+        status = model_service_pb2_grpc.ModelServiceStub(ch).GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "digits"}), timeout=10)
+        assert [(s.version, s.state) for s in status.model_version_status] == [(2, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
+
+        meta_req = get_model_metadata_pb2.GetModelMetadataRequest(model_spec={"name": "digits"}, metadata_field=["signature_def"])
+        meta = stub.GetModelMetadata(meta_req, timeout=10)
+        sigs = get_model_metadata_pb2.SignatureDefMap()
+        meta.metadata["signature_def"].Unpack(sigs)
+        assert "pixels" in sigs.signature_def["serving_default"].inputs
+
+        req.model_spec.name = "nope"
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Predict(req, timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        req.model_spec.name = "digits"
+        req.inputs["pixels"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 3), np.float32)))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Predict(req, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_server_side_batching_merges_concurrent_requests(tfs: tfserving.TFServingHandle) -> None:
+    def one(i: int) -> int:
+        return int(httpx.post(tfs.predict_url(), json={"instances": [X[i].tolist()]}, timeout=30).json()["predictions"][0]["classes"])
+
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(one, range(64)))
+    assert np.mean(np.array(got) == Y[:64]) > 0.85
+    metrics = httpx.get(f"{tfs.url}/monitoring/prometheus/metrics").text
+    sizes = [int(s) for s in __import__("re").findall(r'processed_batch_size\{model="digits",size="(\d+)"\}', metrics)]
+    assert max(sizes) > 1, f"no batch larger than one request was formed: {metrics}"
+    assert max(sizes) <= 16
+
+
+def test_new_version_is_served_without_restart(tfs: tfserving.TFServingHandle, model_dir: Path) -> None:
+    try:
+        shutil.copytree(model_dir / "1", model_dir / "5")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status = httpx.get(f"{tfs.url}/v1/models/digits").json()["model_version_status"]
+            if [s["version"] for s in status] == ["5"]:
+                break
+            time.sleep(0.2)
+        assert [s["version"] for s in status] == ["5"], status
+        assert httpx.post(tfs.predict_url(), json={"instances": [X[0].tolist()]}).status_code == 200
+    finally:
+        shutil.rmtree(model_dir / "5", ignore_errors=True)
+
+
+def test_version_policy_and_labels_from_a_model_config_file(tfs_config: tfserving.TFServingHandle) -> None:
+    status = httpx.get(f"{tfs_config.url}/v1/models/digits").json()["model_version_status"]
+    assert [s["version"] for s in status] == ["2", "1"]
+    one = httpx.post(tfs_config.predict_url(version=1), json={"inputs": X[:100].tolist()}).json()["outputs"]["probabilities"]
+    stable = httpx.post(tfs_config.predict_url(label="stable"), json={"inputs": X[:100].tolist()}).json()["outputs"]["probabilities"]
+    canary = httpx.post(tfs_config.predict_url(label="canary"), json={"inputs": X[:100].tolist()}).json()["outputs"]["probabilities"]
+    assert np.allclose(one, stable) and not np.allclose(one, canary), "labels must route to their versions"
+    assert httpx.get(f"{tfs_config.url}/v1/models/digits/labels/canary").json()["model_version_status"][0]["version"] == "2"
+
+
+def test_sigkill_is_detected_by_the_handle(model_dir: Path) -> None:
+    handle = tfserving.start(model_base_path=model_dir)
+    pid = handle.pid
+    try:
+        handle.process.signal(signal.SIGKILL)  # type: ignore[union-attr]
+        process.wait_until(lambda: not handle.alive(), 10, "server death noticed")
+        with pytest.raises(ServiceUnavailable, match="exited with code -9"):
+            handle.check_alive()
+    finally:
+        handle.stop()
+    assert pid not in [r["pid"] for r in process.started_here()]
