@@ -1,0 +1,65 @@
+"""``labkit bench pipeline``: does a thread pipeline reach the bound set by its slowest stage?
+
+The three scene stages of notebook 01 (denoise → detect → classify, one torch thread each) are
+timed alone, which gives the bound 1 / (slowest stage time); then the same scenes run through a
+thread pipeline with bounded queues. Target: pipeline throughput ≥ 0.90 × bound, both measured
+in this run. Sequential throughput is reported beside it. Used in 01.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from labkit import bench
+
+__all__ = ["TARGET_FRACTION", "run"]
+
+TARGET_FRACTION = 0.90
+
+
+def run(fast: bool = False) -> bench.Result:
+    """Measure stage times alone, the bound, and sequential and thread-pipeline throughput."""
+    from tqdm.auto import tqdm
+
+    from labkit import data, hardware
+    from labkit.patterns import pipeline
+
+    n_scenes = 200 if fast else 1000
+    repeats = 3 if fast else 5
+    with hardware.threads_limited(1):
+        stages = pipeline.scene_stages()
+        for stage in stages:  # train or load every model before timing anything
+            stage.build()
+        scenes = data.make_scenes(n_scenes, seed=11)
+        items = pipeline.to_batches(scenes.images, 1)
+        bar = tqdm(total=2 + repeats, desc="bench pipeline", leave=False)
+        stage_s = pipeline.measure_stages(stages, items[: max(50, n_scenes // 4)], repeats=repeats)
+        bar.update()
+        bound = pipeline.pipeline_bound(stage_s)
+        sequential = pipeline.run_sequential(stages, items)
+        bar.update()
+        runs = []
+        for _ in range(repeats):
+            runs.append(pipeline.run_threads(stages, items))
+            bar.update()
+        bar.close()
+    thr = statistics.median(r.throughput_per_s for r in runs)
+    slowest = max(stage_s, key=lambda k: stage_s[k])
+    lat = runs[0].stats()
+    return bench.Result(
+        name="pipeline",
+        targets=[
+            bench.Target("thread pipeline throughput / bound", thr / bound, "×", ">=", TARGET_FRACTION),
+            bench.Target("thread pipeline throughput", thr, "scenes/s"),
+            bench.Target(f"bound 1/(slowest stage: {slowest})", bound, "scenes/s"),
+            bench.Target("sequential throughput", sequential.throughput_per_s, "scenes/s"),
+            bench.Target("thread pipeline speedup over sequential", thr / sequential.throughput_per_s, "×"),
+            bench.Target("thread pipeline latency p99", lat.p99 * 1e3, "ms"),
+        ],
+        figures={
+            "stage_ms": {k: v * 1e3 for k, v in stage_s.items()},
+            "thread_runs_per_s": [r.throughput_per_s for r in runs],
+            "n_scenes": n_scenes,
+            "queue_depth": pipeline.QUEUE_DEPTH,
+        },
+    )
