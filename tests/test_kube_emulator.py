@@ -1,0 +1,132 @@
+"""labkit.services.kube: real replicas behind a real balancer, scaling, crash replacement, clean-up."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import psutil
+import pytest
+
+from labkit import data, hpa, load, models
+from labkit.services import kube, process
+
+pytestmark = pytest.mark.service
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = data.load_digits()
+    return d.x_test[:8], models.predict(models.trained(models.TrainConfig(), progress=False), d.x_test[:8]).tolist()
+
+
+@pytest.fixture(scope="module")
+def deployment():
+    dep = kube.start_deployment(replicas=1, ready_delay_s=0.2)
+    yield dep
+    dep.stop()
+
+
+def _mine() -> set[int]:
+    return {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}
+
+
+def test_predicts_through_the_balancer(deployment, digits):
+    import httpx
+
+    x, expected = digits
+    r = httpx.post(deployment.url + "/predict", json={"inputs": x.reshape(8, 64).tolist()}, timeout=30)
+    assert r.status_code == 200 and r.json()["predictions"] == expected
+    assert r.headers["x-labkit-retries"] == "0"
+
+
+def test_scale_up_round_robins_over_ready_replicas(deployment, digits):
+    x, _ = digits
+    deployment.scale(2)
+    deployment.wait_ready(2)
+    before = deployment.lb_stats()["served"]
+    res = load.closed_loop(deployment.url + "/predict", {"inputs": x.tolist()}, concurrency=2, n_requests=20)
+    assert res.errors == 0
+    after = deployment.lb_stats()["served"]
+    used = [url for url, n in after.items() if n > before.get(url, 0)]
+    assert len(used) == 2, f"requests went to {used} only"
+
+
+def test_crashed_replica_is_replaced_and_in_flight_requests_counted(deployment, digits):
+    x, expected = digits
+    deployment.scale(2)
+    deployment.wait_ready(2)
+    victim = next(p for p in deployment.pods if not p.terminating)
+    stats0 = deployment.lb_stats()
+    crashes0 = deployment.crashes
+    payload = {"inputs": x.tolist(), "tta": 16}
+    box: dict[str, load.LoadResult] = {}
+    t = threading.Thread(target=lambda: box.setdefault("r", load.closed_loop(deployment.url + "/predict", payload, concurrency=6, duration_s=4.0)))
+    t.start()
+    deadline = time.monotonic() + 10
+    while deployment.lb_stats()["inflight"].get(victim.url, 0) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    deployment.kill(deployment.pods.index(victim))
+    t.join()
+    res = box["r"]
+    stats = deployment.lb_stats()
+    delta = {k: stats[k] - stats0[k] for k in ("requests", "ok", "retries", "errors")}
+    # every request the client sent is accounted for: answered ok, or counted as an error
+    assert res.n == delta["requests"] == delta["ok"] + delta["errors"]
+    assert len(res.ok) == delta["ok"] and res.errors == delta["errors"]
+    assert delta["retries"] + delta["errors"] >= 1, "the request in flight on the killed replica vanished"
+    assert deployment.crashes == crashes0 + 1
+    deployment.wait_ready(2, timeout_s=120)  # the ReplicaSet replaced it
+    assert victim not in deployment.pods
+    assert any(what.startswith("crashed") and name == victim.name for _, what, name in deployment.events)
+
+
+def test_scale_down_drains_and_stops(deployment):
+    deployment.scale(2)
+    deployment.wait_ready(2)
+    gone = [p for p in deployment.pods][-1]
+    deployment.scale(1)
+    deployment.wait_ready(1)
+    assert not gone.proc.alive()
+    assert any(what == "stopped" and name == gone.name for _, what, name in deployment.events)
+
+
+def test_autoscaler_sync_at_idle(deployment):
+    deployment.wait_ready(1)
+    auto = kube.Autoscaler(deployment, hpa.HPA(1, 2, behavior={}), target_utilization=50, time_scale=50)
+    auto.pod_metrics()
+    time.sleep(0.5)
+    sample = auto.sync()
+    assert sample.replicas == 1 and sample.utilization is not None and sample.utilization < 50
+
+
+def test_stop_leaves_no_process(deployment):
+    """Last in this module: stopping the Deployment stops every replica and the balancer."""
+    pids = {p.pid for p in deployment.processes()}
+    assert len(pids) >= 2 and pids <= _mine()
+    deployment.stop()
+    alive = {p.pid for p in psutil.process_iter(["status"]) if p.info["status"] != psutil.STATUS_ZOMBIE}
+    assert not pids & alive
+    assert not [r for r in process.running() if r["pid"] in pids]
+    deployment.stop()  # a second stop is harmless
+
+
+def _emulation_of(decisions_replicas, proposals, time_scale=10.0):
+    h = hpa.HPA(1, 3)
+    current = decisions_replicas
+    samples = []
+    for i, p in enumerate(proposals):
+        current = h.step(15.0 * i, current, p)
+        samples.append(kube.Sample(15.0 * i, current, current, 50, p))
+    return kube.Emulation(None, samples, h, [(1.0, 1.0)], time_scale, 50, 0.0)
+
+
+def test_emulation_held_interval_and_cost_without_processes():
+    run = _emulation_of(1, [1, 3, 3, 2] + [1] * 25)
+    # legacy window 300 s: the 3 proposed at t=30 holds until t=345, then 2 (t=45) until t=360
+    assert run.held_interval() == (45.0, 345.0)
+    assert run.held_s() == 300.0
+    expected = sum(a.replicas * (b.t_s - a.t_s) for a, b in zip(run.samples, run.samples[1:]))
+    assert run.replica_seconds() == expected
+    assert run.time_to(3, ready=False) == 15.0
