@@ -35,6 +35,7 @@ __all__ = [
     "Handle",
     "ManagedProcess",
     "free_port",
+    "free_ports",
     "running",
     "start",
     "started_here",
@@ -57,6 +58,20 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_ports(n: int) -> list[int]:
+    """Return ``n`` distinct free ports (sockets held open together, so none is handed out twice)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

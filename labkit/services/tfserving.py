@@ -76,7 +76,7 @@ def start(
         from labkit import tfmodels
 
         model_base_path = tfmodels.export_versions(model_name=model_name)
-    rest_port, grpc_port = process.free_port(), process.free_port()
+    rest_port, grpc_port = process.free_ports(2)
     flags = [f"--port={grpc_port}", f"--rest_api_port={rest_port}", f"--file_system_poll_wait_seconds={poll_s:g}"]
     if model_config_file is not None:
         flags.append(f"--model_config_file={model_config_file}")
