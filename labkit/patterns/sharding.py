@@ -1,0 +1,608 @@
+"""Model sharding on several ranks: tensor parallelism (DTensor) and pipeline parallelism (GPipe).
+
+``run_ranks(worker, ...)`` starts one process per rank with ``torch.multiprocessing`` (spawn),
+``MASTER_ADDR=127.0.0.1`` and a free port, one torch thread each, and a process group on gloo
+(CPU) or nccl (one ``cuda:<rank>`` per rank when there are enough GPUs). A rank that raises makes
+``run_ranks`` raise ``WorkerFailed`` naming that rank, at once; a rank that hangs is killed at the
+timeout. Every process group is destroyed and no process is left, whatever happens.
+
+The workers below (``tp_worker``, ``pp_worker``, ``crash_worker``) live here, not in a notebook,
+because spawned processes must import them. Used in 03.
+
+    result = sharding.tensor_parallel(model, x, prompt_ids, n_new=40)
+    assert result.max_abs_diff <= 1e-5
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from labkit import timing
+from labkit.errors import BadInput, WorkerFailed
+from labkit.tinygpt import GPTConfig, TinyGPT, generate, param_bytes, vocab
+
+__all__ = [
+    "COLLECTIVE_TIMEOUT_S",
+    "MASTER_ADDR",
+    "RANK_TIMEOUT_S",
+    "PipelineResult",
+    "TensorParallelResult",
+    "backend_for",
+    "bubble_fraction",
+    "crash_worker",
+    "gpipe_ideal_speedup",
+    "intra_op_seconds",
+    "live_ranks",
+    "pp_worker",
+    "run_ranks",
+    "shard_tinygpt",
+    "split_stages",
+    "tensor_parallel",
+    "pipeline_parallel",
+    "tp_plan",
+    "tp_worker",
+]
+
+MASTER_ADDR = "127.0.0.1"
+RANK_TIMEOUT_S = 180.0  # a whole run_ranks call, start-up included
+COLLECTIVE_TIMEOUT_S = 60.0  # one collective waiting for a peer
+_PR_SET_PDEATHSIG = 1
+_spawned: set[int] = set()  # pids of every rank started here, for live_ranks()
+
+
+# ---------------------------------------------------------------- launching ranks
+
+
+def backend_for(world_size: int) -> str:
+    """nccl when there is one CUDA GPU per rank, else gloo (CPU)."""
+    from labkit import hardware
+
+    return "nccl" if hardware.gpu_count() >= world_size else "gloo"
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _rank_main(rank: int, worker: Callable[..., Any], world_size: int, backend: str, out_dir: str, args: tuple[Any, ...]) -> None:
+    """What every spawned rank runs: join the group, run ``worker``, save its result, leave the group."""
+    import torch.distributed as dist
+
+    _die_with_parent()
+    torch.set_num_threads(1)
+    device = torch.device(f"cuda:{rank}") if backend == "nccl" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+    try:
+        result = worker(rank, world_size, device, *args)
+        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    except BaseException as exc:
+        # when one rank fails its peers fail next (their collectives lose the connection):
+        # the time of each error tells the parent which rank failed first
+        error = {"rank": rank, "t": timing.now(), "error": f"{type(exc).__name__}: {exc}"}
+        (Path(out_dir) / f"error{rank}.json").write_text(json.dumps(error))
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _first_error(out_dir: str) -> dict[str, Any] | None:
+    """The earliest error any rank recorded (the cause; later ones are its consequences)."""
+    errors = []
+    for f in Path(out_dir).glob("error*.json"):
+        try:
+            errors.append(json.loads(f.read_text()))
+        except (OSError, ValueError):
+            continue
+    return min(errors, key=lambda e: e["t"]) if errors else None
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else text
+
+
+def run_ranks(
+    worker: Callable[..., Any],
+    args: Sequence[Any] = (),
+    world_size: int = 2,
+    backend: str | None = None,
+    timeout_s: float = RANK_TIMEOUT_S,
+) -> list[Any]:
+    """Run ``worker(rank, world_size, device, *args)`` on ``world_size`` spawned ranks; return their results.
+
+    ``worker`` must be importable (defined in a module, not a notebook). Raises ``WorkerFailed``
+    naming the first rank that raised or died, or the ranks still running after ``timeout_s``.
+    """
+    import torch.multiprocessing as mp
+
+    from labkit.services.process import free_port
+
+    if world_size < 1:
+        raise BadInput(f"world_size must be at least 1, got {world_size}")
+    backend = backend or backend_for(world_size)
+    out_dir = tempfile.mkdtemp(prefix="labkit-ranks-")
+    env = {"MASTER_ADDR": MASTER_ADDR, "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # spawned children copy the environment when they start
+    ctx = None
+    try:
+        ctx = mp.start_processes(_rank_main, args=(worker, world_size, backend, out_dir, tuple(args)), nprocs=world_size, join=False, start_method="spawn")
+        _spawned.update(p.pid for p in ctx.processes if p.pid is not None)
+        deadline = timing.now() + timeout_s
+        try:
+            while not ctx.join(timeout=0.2):
+                if timing.now() > deadline:
+                    alive = [str(r) for r, p in enumerate(ctx.processes) if p.is_alive()]
+                    raise WorkerFailed(f"rank {', '.join(alive)}", f"still running after {timeout_s:.0f} s (killed)")
+        except mp.ProcessRaisedException as exc:
+            first = _first_error(out_dir)
+            if first is not None:
+                raise WorkerFailed(f"rank {first['rank']}", first["error"]) from exc
+            raise WorkerFailed(f"rank {exc.error_index}", _last_line(exc.msg)) from exc
+        except mp.ProcessExitedException as exc:
+            how = f"killed by signal {exc.signal_name}" if exc.signal_name else f"exited with code {exc.exit_code}"
+            raise WorkerFailed(f"rank {exc.error_index}", how) from exc
+        return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
+    finally:
+        if ctx is not None:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            for p in ctx.processes:
+                p.join(timeout=5.0)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def live_ranks() -> list[int]:
+    """Pids of rank processes started by ``run_ranks`` in this interpreter that are still running (should be [])."""
+    import psutil
+
+    alive = []
+    for pid in sorted(_spawned):
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            _spawned.discard(pid)
+    return alive
+
+
+def crash_worker(rank: int, world_size: int, device: torch.device, crash_rank: int = 1) -> None:
+    """Raise on ``crash_rank``; every other rank waits in a barrier that would never finish alone."""
+    import torch.distributed as dist
+
+    if rank == crash_rank:
+        raise RuntimeError(f"simulated failure on rank {rank} (for example: out of memory)")
+    dist.barrier()
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def _rebuild(cfg: GPTConfig, state: dict[str, torch.Tensor], device: torch.device) -> TinyGPT:
+    model = TinyGPT(len(vocab()), cfg)
+    model.load_state_dict(state)
+    return model.eval().to(device)
+
+
+def _best(times: Sequence[float]) -> float:
+    return min(times)
+
+
+def gpipe_ideal_speedup(n_stages: int, n_microbatches: int) -> float:
+    """GPipe's ideal speedup over one device: K·M / (M + K − 1) for K stages and M microbatches."""
+    return n_stages * n_microbatches / (n_microbatches + n_stages - 1)
+
+
+def bubble_fraction(n_stages: int, n_microbatches: int) -> float:
+    """Fraction of each stage's time spent idle in a GPipe forward: (K − 1) / (M + K − 1)."""
+    return (n_stages - 1) / (n_microbatches + n_stages - 1)
+
+
+def intra_op_seconds(model: nn.Module, x: torch.Tensor, n_threads: int, repeats: int = 5) -> float:
+    """Best time of one forward of ``model`` on ``x`` in this process with ``n_threads`` torch threads."""
+    from labkit import hardware
+
+    with hardware.threads_limited(n_threads), torch.inference_mode():
+        return _best(timing.measure(lambda: model(x), repeats=repeats, warmup=1))
+
+
+# ---------------------------------------------------------------- tensor parallelism
+
+
+def tp_plan() -> dict[str, Any]:
+    """The tensor-parallel plan of one TinyGPT block: column-shard q/k/v and fc, row-shard the projections.
+
+    A column-sharded linear keeps a slice of the output features (here: a subset of the heads,
+    half of the MLP hidden units); the row-sharded linear after it consumes exactly that slice and
+    produces partial sums, which one all-reduce adds up. Two all-reduces per block, no other traffic.
+    """
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    return {
+        "attn.q": ColwiseParallel(),
+        "attn.k": ColwiseParallel(),
+        "attn.v": ColwiseParallel(),
+        "attn.proj": RowwiseParallel(),
+        "mlp.fc": ColwiseParallel(),
+        "mlp.proj": RowwiseParallel(),
+    }
+
+
+def shard_tinygpt(model: TinyGPT, mesh: Any) -> TinyGPT:
+    """Apply ``tp_plan()`` to every block of ``model`` on a 1-D device mesh (embeddings, norms, head stay replicated)."""
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    n = mesh.size()
+    if model.cfg.n_heads % n:
+        raise BadInput(f"n_heads={model.cfg.n_heads} does not divide by {n} ranks")
+    for block in model.blocks:
+        parallelize_module(block, mesh, tp_plan())
+    return model
+
+
+def tp_worker(
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    cfg: GPTConfig,
+    state: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    prompt_ids: torch.Tensor,
+    n_new: int,
+    repeats: int,
+    x_timed: torch.Tensor,
+) -> dict[str, Any]:
+    """One tensor-parallel rank: shard TinyGPT, run logits + greedy generation, time forward and all-reduces."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    model = _rebuild(cfg, state, device)
+    mesh = init_device_mesh(device.type, (world_size,))
+    shard_tinygpt(model, mesh)
+    x, x_timed = x.to(device), x_timed.to(device)
+    # no_grad, not inference_mode: under inference_mode DTensor misses its sharding cache on every op
+    with torch.no_grad():
+        logits = model(x)
+        tokens = generate(model, prompt_ids.to(device), n_new, cfg.block_size)
+
+        def forward() -> None:
+            model(x_timed)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        dist.barrier()
+        forward_s = timing.measure(forward, repeats=repeats, warmup=1)
+        # the same collectives alone: 2 all-reduces of a (batch, seq, d_model) activation per block
+        buf = torch.zeros(x_timed.shape[0], x_timed.shape[1], cfg.d_model, device=device)
+
+        def collectives() -> None:
+            for _ in range(2 * cfg.n_layers):
+                dist.all_reduce(buf)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        dist.barrier()
+        allreduce_s = timing.measure(collectives, repeats=repeats, warmup=1)
+    return {
+        "rank": rank,
+        "logits": logits.cpu(),
+        "tokens": tokens.cpu(),
+        "n_params": sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters()),
+        "param_bytes": param_bytes(model),
+        "forward_s": forward_s,
+        "allreduce_s": allreduce_s,
+        "device": str(device),
+    }
+
+
+@dataclass
+class TensorParallelResult:
+    """What ``tensor_parallel`` measured; times are the best of the repeats, in seconds."""
+
+    world_size: int
+    backend: str
+    max_abs_diff: float
+    tokens_identical: bool
+    tokens: list[int]
+    n_params_full: int
+    n_params_per_rank: list[int]
+    bytes_full: int
+    bytes_per_rank: list[int]
+    forward_s: float
+    collectives_s: float
+    unsharded_s: float
+    per_rank: list[dict[str, Any]] = field(repr=False, default_factory=list)
+
+    @property
+    def compute_s(self) -> float:
+        """Forward time not spent in the all-reduces (never below 0)."""
+        return max(self.forward_s - self.collectives_s, 0.0)
+
+    @property
+    def speedup(self) -> float:
+        return self.unsharded_s / self.forward_s
+
+
+def tensor_parallel(
+    model: TinyGPT,
+    x: torch.Tensor,
+    prompt_ids: torch.Tensor,
+    n_new: int = 40,
+    repeats: int = 5,
+    world_size: int = 2,
+    backend: str | None = None,
+    x_timed: torch.Tensor | None = None,
+) -> TensorParallelResult:
+    """Shard ``model`` over ``world_size`` ranks; compare logits and greedy tokens with the unsharded model.
+
+    Logits are compared on ``x``; forward passes are timed on ``x_timed`` (default ``x``). The
+    unsharded reference and its time (1 thread) are measured here, in this process.
+    """
+    x_timed = x if x_timed is None else x_timed
+    backend = backend or backend_for(world_size)
+    with torch.inference_mode():
+        ref_logits = model(x)
+        ref_tokens = generate(model, prompt_ids, n_new, model.cfg.block_size)
+    unsharded_s = intra_op_seconds(model, x_timed, n_threads=1, repeats=repeats)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    results = run_ranks(tp_worker, (model.cfg, state, x, prompt_ids, n_new, repeats, x_timed), world_size=world_size, backend=backend)
+    diff = max(float((r["logits"] - ref_logits).abs().max()) for r in results)
+    same = all(torch.equal(r["tokens"], ref_tokens) for r in results)
+    return TensorParallelResult(
+        world_size=world_size,
+        backend=backend,
+        max_abs_diff=diff,
+        tokens_identical=same,
+        tokens=ref_tokens.tolist(),
+        n_params_full=sum(p.numel() for p in model.parameters()),
+        n_params_per_rank=[r["n_params"] for r in results],
+        bytes_full=param_bytes(model),
+        bytes_per_rank=[r["param_bytes"] for r in results],
+        forward_s=max(_best(r["forward_s"]) for r in results),
+        collectives_s=max(_best(r["allreduce_s"]) for r in results),
+        unsharded_s=unsharded_s,
+        per_rank=results,
+    )
+
+
+# ---------------------------------------------------------------- pipeline parallelism
+
+
+class _Stage(nn.Module):
+    """A contiguous slice of TinyGPT: embeddings on the first stage, the head on the last."""
+
+    def __init__(self, model: TinyGPT, layers: range, first: bool, last: bool) -> None:
+        super().__init__()
+        self.first, self.last = first, last
+        self.tok = model.tok if first else None
+        self.pos = model.pos if first else None
+        self.blocks = nn.ModuleList([model.blocks[i] for i in layers])
+        self.ln_f = model.ln_f if last else None
+        self.head = model.head if last else None
+        self._block_size = model.cfg.block_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.first:
+            assert self.tok is not None and self.pos is not None
+            x = self.tok(x) + self.pos(torch.arange(x.shape[1], device=x.device))
+        for block in self.blocks:
+            x = block(x)
+        if self.last:
+            assert self.ln_f is not None and self.head is not None
+            x = self.head(self.ln_f(x))
+        return x
+
+
+def split_stages(model: TinyGPT, n_stages: int) -> list[nn.Module]:
+    """Cut TinyGPT into ``n_stages`` consecutive stages with (as nearly as possible) equal numbers of blocks."""
+    n = model.cfg.n_layers
+    if not 1 <= n_stages <= n:
+        raise BadInput(f"{n_stages} stages need between 1 and n_layers={n} stages")
+    bounds = [round(i * n / n_stages) for i in range(n_stages + 1)]
+    return [_Stage(model, range(bounds[i], bounds[i + 1]), i == 0, i == n_stages - 1) for i in range(n_stages)]
+
+
+def _record_spans(module: nn.Module, rank: int, spans: list[dict[str, Any]]) -> list[Any]:
+    """Record one span per forward call of ``module`` (the microbatch index as item)."""
+    starts: list[float] = []
+
+    def pre(_m: nn.Module, _a: Any) -> None:
+        starts.append(timing.now())
+
+    def post(_m: nn.Module, _a: Any, _o: Any) -> None:
+        spans.append({"worker": f"rank {rank}", "stage": f"stage {rank}", "start": starts[-1], "end": timing.now(), "item": len(spans)})
+
+    return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+
+
+def pp_worker(
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    cfg: GPTConfig,
+    state: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    microbatch_counts: Sequence[int],
+    repeats: int,
+) -> dict[str, Any]:
+    """One pipeline rank: the naive layer split (send/recv of the whole batch), then GPipe for each M."""
+    import torch.distributed as dist
+    from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
+
+    model = _rebuild(cfg, state, device)
+    stage = split_stages(model, world_size)[rank]
+    first, last = rank == 0, rank == world_size - 1
+    x = x.to(device)
+    act_shape = (x.shape[0], x.shape[1], cfg.d_model)
+    out: dict[str, Any] = {"rank": rank, "naive_s": [], "gpipe_s": {}, "gpipe_spans": {}, "naive_spans": []}
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    with torch.no_grad():
+        # the naive split: each rank waits for the whole batch from the previous one
+        spans: list[dict[str, Any]] = []
+        for rep in range(repeats + 1):
+            dist.barrier()
+            t0 = timing.now()
+            h = x if first else torch.empty(act_shape, device=device)
+            if not first:
+                dist.recv(h, src=rank - 1)
+            s0 = timing.now()
+            h = stage(h)
+            sync()
+            if rep == repeats:
+                spans.append({"worker": f"rank {rank}", "stage": f"stage {rank}", "start": s0, "end": timing.now(), "item": 0})
+            if not last:
+                dist.send(h.contiguous(), dst=rank + 1)
+            dist.barrier()
+            if rep > 0:
+                out["naive_s"].append(timing.now() - t0)
+            if last:
+                out["logits_naive"] = h.cpu()
+        out["naive_spans"] = spans
+
+        # GPipe: the same stages, the batch cut into M microbatches that flow through back to back
+        for m in microbatch_counts:
+            if x.shape[0] % m:
+                raise BadInput(f"batch of {x.shape[0]} does not split into {m} equal microbatches")
+            pipe_stage = PipelineStage(stage, rank, world_size, device)
+            schedule = ScheduleGPipe(pipe_stage, n_microbatches=m)
+            spans = []
+            times = []
+            hooks: list[Any] = []
+            for rep in range(repeats + 1):
+                # the unsplit model on rank 0 alone, interleaved so both see the same machine load
+                dist.barrier()
+                if first:
+                    t0 = timing.now()
+                    model(x)
+                    sync()
+                    if rep > 0:
+                        out.setdefault("unsplit_s", []).append(timing.now() - t0)
+                dist.barrier()
+                if rep == repeats:
+                    hooks = _record_spans(stage, rank, spans)
+                dist.barrier()
+                t0 = timing.now()
+                y = schedule.eval(x) if first else schedule.eval()
+                sync()
+                dist.barrier()
+                if rep > 0:
+                    times.append(timing.now() - t0)
+            for handle in hooks:
+                handle.remove()
+            out["gpipe_s"][m] = times
+            out["gpipe_spans"][m] = spans
+            if last:
+                out.setdefault("logits_gpipe", {})[m] = y.cpu()
+    return out
+
+
+@dataclass
+class PipelineResult:
+    """What ``pipeline_parallel`` measured; times are the best of the repeats, in seconds."""
+
+    n_stages: int
+    backend: str
+    batch_size: int
+    seq_len: int
+    unsplit_s: float
+    naive_s: float
+    gpipe_s: dict[int, float]
+    max_abs_diff: float
+    naive_timeline: timing.Timeline
+    timelines: dict[int, timing.Timeline]
+
+    def speedup(self, n_microbatches: int) -> float:
+        """GPipe speedup over the unsplit model on one rank (1 thread)."""
+        return self.unsplit_s / self.gpipe_s[n_microbatches]
+
+    def ideal(self, n_microbatches: int) -> float:
+        return gpipe_ideal_speedup(self.n_stages, n_microbatches)
+
+    def throughput_per_s(self, n_microbatches: int) -> float:
+        """Sequences per second through the pipeline."""
+        return self.batch_size / self.gpipe_s[n_microbatches]
+
+    def rows(self) -> list[dict[str, float]]:
+        """One row per M: seconds, sequences/s, measured and ideal speedup, their ratio."""
+        return [
+            {
+                "microbatches": m,
+                "seconds": round(self.gpipe_s[m], 4),
+                "seq_per_s": round(self.throughput_per_s(m), 1),
+                "speedup": round(self.speedup(m), 3),
+                "ideal": round(self.ideal(m), 3),
+                "of_ideal": round(self.speedup(m) / self.ideal(m), 3),
+            }
+            for m in sorted(self.gpipe_s)
+        ]
+
+
+def pipeline_parallel(
+    model: TinyGPT,
+    x: torch.Tensor,
+    microbatch_counts: Sequence[int] = (1, 2, 4, 8),
+    repeats: int = 3,
+    world_size: int = 2,
+    backend: str | None = None,
+) -> PipelineResult:
+    """Run the naive split and GPipe over ``world_size`` stages; check every output against the unsplit model.
+
+    The unsplit time is measured on rank 0 (1 thread, the other ranks idle), interleaved with the
+    GPipe runs so that both see the same machine load.
+    """
+    backend = backend or backend_for(world_size)
+    with torch.inference_mode():
+        ref = model(x)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    results = run_ranks(pp_worker, (model.cfg, state, x, list(microbatch_counts), repeats), world_size=world_size, backend=backend)
+    last = results[-1]
+    diffs = [float((last["logits_naive"] - ref).abs().max())]
+    diffs += [float((y - ref).abs().max()) for y in last["logits_gpipe"].values()]
+    naive = timing.Timeline()
+    timelines = {m: timing.Timeline() for m in microbatch_counts}
+    for r in results:
+        naive.extend(r["naive_spans"])
+        for m in microbatch_counts:
+            timelines[m].extend(r["gpipe_spans"][m])
+    return PipelineResult(
+        n_stages=world_size,
+        backend=backend,
+        batch_size=int(x.shape[0]),
+        seq_len=int(x.shape[1]),
+        unsplit_s=_best(results[0]["unsplit_s"]),
+        naive_s=max(_best(r["naive_s"]) for r in results),
+        gpipe_s={m: max(_best(r["gpipe_s"][m]) for r in results) for m in microbatch_counts},
+        max_abs_diff=max(diffs),
+        naive_timeline=naive,
+        timelines=timelines,
+    )
