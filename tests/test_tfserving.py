@@ -107,40 +107,63 @@ def test_not_json_and_wrong_method(tfs: tfserving.TFServingHandle) -> None:
     assert httpx.post(tfs.predict_url(), json={"instances": [X[0].tolist()]}).status_code == 200
 
 
+GRPC_CLIENT = """
+import json, sys
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
+
+target, x = sys.argv[1], np.asarray(json.loads(sys.stdin.read()), np.float32)
+out = {}
+with grpc.insecure_channel(target) as ch:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = "digits"
+    req.inputs["pixels"].CopyFrom(tf.make_tensor_proto(x))
+    resp = stub.Predict(req, timeout=30)
+    out["version"] = resp.model_spec.version.value
+    out["classes"] = tf.make_ndarray(resp.outputs["classes"]).tolist()
+    out["probabilities"] = tf.make_ndarray(resp.outputs["probabilities"]).tolist()
+    status = model_service_pb2_grpc.ModelServiceStub(ch).GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "digits"}), timeout=10)
+    out["status"] = [(s.version, get_model_status_pb2.ModelVersionStatus.State.Name(s.state)) for s in status.model_version_status]
+    meta = stub.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(model_spec={"name": "digits"}, metadata_field=["signature_def"]), timeout=10)
+    sigs = get_model_metadata_pb2.SignatureDefMap()
+    meta.metadata["signature_def"].Unpack(sigs)
+    out["inputs"] = sorted(sigs.signature_def["serving_default"].inputs)
+    errors = []
+    req.model_spec.name = "nope"
+    try:
+        stub.Predict(req, timeout=10)
+    except grpc.RpcError as exc:
+        errors.append(exc.code().name)
+    req.model_spec.name = "digits"
+    req.inputs["pixels"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 3), np.float32)))
+    try:
+        stub.Predict(req, timeout=10)
+    except grpc.RpcError as exc:
+        errors.append(exc.code().name)
+    out["errors"] = errors
+print(json.dumps(out))
+"""
+
+
 def test_grpc_with_the_official_stubs(tfs: tfserving.TFServingHandle) -> None:
-    import grpc
-    import tensorflow as tf
-    from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
+    """The stock TF Serving client (run in its own process: the test process stays TensorFlow-free)."""
+    import json
+    import subprocess
+    import sys
 
     rest = httpx.post(tfs.predict_url(), json={"inputs": X[:5].tolist()}).json()["outputs"]
-    with grpc.insecure_channel(tfs.grpc_target) as ch:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
-        req = predict_pb2.PredictRequest()
-        req.model_spec.name = "digits"
-        req.inputs["pixels"].CopyFrom(tf.make_tensor_proto(X[:5].astype(np.float32)))
-        resp = stub.Predict(req, timeout=30)
-        assert resp.model_spec.version.value == 2
-        assert tf.make_ndarray(resp.outputs["classes"]).tolist() == rest["classes"]
-        np.testing.assert_allclose(tf.make_ndarray(resp.outputs["probabilities"]), np.array(rest["probabilities"]), rtol=1e-5, atol=1e-6)
-
-        status = model_service_pb2_grpc.ModelServiceStub(ch).GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "digits"}), timeout=10)
-        assert [(s.version, s.state) for s in status.model_version_status] == [(2, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
-
-        meta_req = get_model_metadata_pb2.GetModelMetadataRequest(model_spec={"name": "digits"}, metadata_field=["signature_def"])
-        meta = stub.GetModelMetadata(meta_req, timeout=10)
-        sigs = get_model_metadata_pb2.SignatureDefMap()
-        meta.metadata["signature_def"].Unpack(sigs)
-        assert "pixels" in sigs.signature_def["serving_default"].inputs
-
-        req.model_spec.name = "nope"
-        with pytest.raises(grpc.RpcError) as err:
-            stub.Predict(req, timeout=10)
-        assert err.value.code() == grpc.StatusCode.NOT_FOUND
-        req.model_spec.name = "digits"
-        req.inputs["pixels"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 3), np.float32)))
-        with pytest.raises(grpc.RpcError) as err:
-            stub.Predict(req, timeout=10)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    run = subprocess.run([sys.executable, "-c", GRPC_CLIENT, str(tfs.grpc_target)], input=json.dumps(X[:5].tolist()), capture_output=True, text=True, timeout=180, env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["version"] == 2
+    assert got["classes"] == rest["classes"]
+    np.testing.assert_allclose(np.array(got["probabilities"]), np.array(rest["probabilities"]), rtol=1e-5, atol=1e-6)
+    assert got["status"] == [[2, "AVAILABLE"]]
+    assert got["inputs"] == ["pixels"]
+    assert got["errors"] == ["NOT_FOUND", "INVALID_ARGUMENT"]
 
 
 def test_server_side_batching_merges_concurrent_requests(tfs: tfserving.TFServingHandle) -> None:
