@@ -31,8 +31,11 @@ from labkit import cache
 from labkit.errors import BadInput
 
 __all__ = [
+    "Attention",
+    "Block",
     "CODE_VERSION",
     "GPTConfig",
+    "MLP",
     "TinyGPT",
     "Vocab",
     "build",

@@ -26,6 +26,9 @@ MAX_RATE_PER_S = 40.0
 BEHAVIOR = {"scaleDown": {"stabilizationWindowSeconds": 60}}
 
 
+__all__ = ["run"]
+
+
 def run(fast: bool = True) -> bench.Result:
     """Calibrate one replica, apply a step load, measure where and how fast the HPA settles."""
     from tqdm.auto import tqdm

@@ -1,0 +1,370 @@
+"""Ray for the lab: start a local cluster (or join a real one), start Serve, stop everything.
+
+``start()`` runs ``ray.init`` with settings that suit a small shared machine (2 CPUs, no
+dashboard, worker logs kept out of the notebook, everything on 127.0.0.1). If ``RAY_ADDRESS`` is
+set, it joins that cluster instead and ``stop()`` only disconnects. The handle remembers every
+process the local cluster started (gcs_server, raylet, workers, Serve replicas), so ``stop()``
+can prove with psutil that none is left::
+
+    with services.ray.start(num_cpus=2) as cluster:
+        url = cluster.start_serve()          # Serve's HTTP proxy on 127.0.0.1:<free port>
+        ...
+    assert not cluster.leftover()
+
+Used in 07 and 11.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from labkit import config
+from labkit.errors import ServiceUnavailable
+from labkit.services.process import LOG_TAIL_LINES, Handle, free_port
+
+__all__ = [
+    "RAY_PROCESS_MARKERS",
+    "RayHandle",
+    "ReplicaSampler",
+    "leftover_processes",
+    "quiet_logs",
+    "replica_count",
+    "start",
+]
+
+DEFAULT_NUM_CPUS = 2
+STOP_TIMEOUT_S = 15.0
+START_ATTEMPTS = 3
+START_WAIT_S = 120.0
+SERVE_METRICS_PUSH_S = 0.5
+# Process names / command lines that belong to a Ray node (used to prove a clean shutdown).
+RAY_PROCESS_MARKERS = ("raylet", "gcs_server", "ray::", "default_worker.py", "log_monitor.py", "dashboard", "runtime_env", "monitor.py", "ray_client_server")
+# Loggers that print routine INFO lines (and the token-auth notice) into a notebook.
+_NOISY_LOGGERS = ("ray", "ray.serve", "ray.data", "ray._private", "ray._private.authentication.authentication_token_setup")
+_INSTALL_HINT = "pip install 'ray[serve,data]' (it is in labkit's dependencies)"
+
+
+def _is_ray_process(proc: Any) -> bool:
+    import psutil
+
+    try:
+        text = proc.name() + " " + " ".join(proc.cmdline()[:3])
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return any(m in text for m in RAY_PROCESS_MARKERS)
+
+
+def _ray_descendants() -> list[Any]:
+    """Ray processes below this interpreter (a local cluster's head node and its workers)."""
+    import psutil
+
+    return [p for p in psutil.Process().children(recursive=True) if _is_ray_process(p)]
+
+
+@contextmanager
+def _patient_node_wait(timeout_s: float) -> Iterator[None]:
+    """Let ``ray.init`` wait up to ``timeout_s`` (not its fixed 30 s) for the raylet to register.
+
+    Ray 2.60 polls ``ray._private.services.get_node`` for 30 s; this wraps it to keep polling.
+    """
+    import ray._private.services as services
+
+    original = services.get_node
+    deadline = time.monotonic() + timeout_s
+
+    def patient(gcs_address: str, node_id: str) -> Any:
+        while True:
+            try:
+                return original(gcs_address, node_id)
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    services.get_node = patient
+    try:
+        yield
+    finally:
+        services.get_node = original
+
+
+def _kill_our_ray_processes() -> None:
+    """After a failed start: end the Ray processes this interpreter started (by pid)."""
+    import psutil
+    import ray
+
+    try:
+        ray.shutdown()
+    except Exception:  # nothing was connected
+        pass
+    procs = _ray_descendants()
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=5.0)
+
+
+def leftover_processes(pids: set[int] | None = None) -> list[str]:
+    """Describe Ray processes still alive: this interpreter's Ray descendants plus ``pids``.
+
+    An empty list is the proof that a shutdown left nothing behind.
+    """
+    import psutil
+
+    alive: dict[int, str] = {}
+    for p in _ray_descendants():
+        alive[p.pid] = f"{p.name()} (pid {p.pid})"
+    for pid in pids or set():
+        try:
+            p = psutil.Process(pid)
+            if p.status() != psutil.STATUS_ZOMBIE:
+                alive[pid] = f"{p.name()} (pid {pid})"
+        except psutil.NoSuchProcess:
+            pass
+    return sorted(alive.values())
+
+
+@contextmanager
+def quiet_logs(level: int = logging.WARNING) -> Iterator[None]:
+    """Raise Ray's driver-side loggers to ``level`` inside the block (routine INFO lines hidden)."""
+    saved = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    try:
+        yield
+    finally:
+        for name, lvl in saved.items():
+            logging.getLogger(name).setLevel(lvl)
+
+
+class RayHandle(Handle):
+    """A Ray cluster this interpreter is connected to: ``url`` is its GCS address.
+
+    ``external`` is True when it came from ``RAY_ADDRESS``: ``stop()`` then only disconnects.
+    """
+
+    def __init__(self, url: str, external: bool, pids: set[int], started_s: float) -> None:
+        super().__init__("ray", url, None, started_s=started_s)
+        self._external = external
+        self.pids = set(pids)
+        self.serve_url: str | None = None
+        self.stopped = False
+
+    @property
+    def external(self) -> bool:
+        return self._external
+
+    @property
+    def pid(self) -> int | None:
+        import psutil
+
+        for pid in sorted(self.pids):
+            try:
+                if psutil.Process(pid).name().startswith("raylet"):
+                    return pid
+            except psutil.NoSuchProcess:
+                continue
+        return None
+
+    def alive(self) -> bool:
+        import ray
+
+        return not self.stopped and ray.is_initialized()
+
+    def processes(self) -> list[str]:
+        """The Ray processes of the local cluster right now (name and pid)."""
+        self.pids |= {p.pid for p in _ray_descendants()}
+        return leftover_processes(self.pids)
+
+    def rss_mb(self) -> float:
+        import psutil
+
+        total = 0
+        for pid in self.pids:
+            try:
+                total += psutil.Process(pid).memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total / 2**20
+
+    def logs(self, n: int = LOG_TAIL_LINES) -> str:
+        import ray
+
+        if self.external or not ray.is_initialized():
+            return f"see the logs of the cluster at {self.url}"
+        session = ray._private.worker._global_node.get_session_dir_path()  # type: ignore[attr-defined]
+        path = os.path.join(session, "logs", "raylet.out")
+        try:
+            with open(path, errors="replace") as f:
+                return "\n".join(f.read().splitlines()[-n:])
+        except OSError:
+            return f"no raylet log at {path}"
+
+    def start_serve(self, port: int | None = None) -> str:
+        """Start Ray Serve's HTTP proxy on 127.0.0.1 (a free port) and return its base URL.
+
+        Serve's routine INFO lines (app ready, deleting app) are hidden from then on.
+        """
+        from ray import serve
+
+        port = port or free_port()
+        # Serve logs every deploy/delete at INFO in the driver; keep warnings and errors only.
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+        with quiet_logs():
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+        self.serve_url = f"http://127.0.0.1:{port}"
+        self.pids |= {p.pid for p in _ray_descendants()}
+        return self.serve_url
+
+    def stop_serve(self) -> None:
+        """Delete every Serve application and stop Serve (a local cluster only)."""
+        if self.serve_url is None:
+            return
+        from ray import serve
+
+        with quiet_logs(logging.ERROR):
+            if not self.external:
+                serve.shutdown()
+        self.serve_url = None
+
+    def stop(self) -> None:
+        """Stop Serve and Ray, then wait until every Ray process of the local cluster is gone."""
+        import psutil
+        import ray
+
+        if self.stopped:
+            return
+        if not self.external:
+            self.pids |= {p.pid for p in _ray_descendants()}
+        try:
+            self.stop_serve()
+        finally:
+            with quiet_logs(logging.ERROR):
+                ray.shutdown()
+            self.stopped = True
+        if self.external:
+            return
+        procs = []
+        for pid in self.pids:
+            try:
+                procs.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=STOP_TIMEOUT_S)
+        for p in alive:  # ours (we recorded their pids), so we may end them
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=3.0)
+
+    def leftover(self) -> list[str]:
+        """Ray processes of this cluster still alive (empty after a clean ``stop()``)."""
+        return [] if self.external else leftover_processes(self.pids)
+
+    def __enter__(self) -> RayHandle:
+        return self
+
+
+def start(num_cpus: int = DEFAULT_NUM_CPUS, num_gpus: int | None = None, address: str | None = None, **init_kwargs: Any) -> RayHandle:
+    """Start a local Ray cluster (or join ``address`` / ``RAY_ADDRESS``) and return its handle.
+
+    Local settings: ``num_cpus`` CPUs, no dashboard, worker output kept in log files, nodes on
+    127.0.0.1. Extra keyword arguments go to ``ray.init``.
+    """
+    try:
+        import ray
+    except ImportError as exc:
+        raise ServiceUnavailable("ray is not installed", _INSTALL_HINT) from exc
+    address = address or config.external_url("RAY_ADDRESS")
+    t0 = time.monotonic()
+    if ray.is_initialized():  # a re-run cell: start from a clean slate
+        ray.shutdown()
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # The raylet waits for its Python agents (their imports take seconds) and ray.init waits 30 s for
+    # the raylet: on a machine shared by many busy processes that is not enough. Give both longer.
+    os.environ.setdefault("RAY_agent_register_timeout_ms", str(int(START_WAIT_S * 1000)))
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", str(int(START_WAIT_S)))
+    # Serve replicas and proxies report load for autoscaling every 10 s by default; a demo needs ~0.5 s.
+    for var in ("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):
+        os.environ.setdefault(var, str(SERVE_METRICS_PUSH_S))
+    kwargs: dict[str, Any] = {"log_to_driver": False, "ignore_reinit_error": True, "logging_level": logging.WARNING}
+    if address:
+        kwargs.update(init_kwargs)
+        with quiet_logs():
+            ray.init(address=address, **kwargs)
+        return RayHandle(address, True, set(), time.monotonic() - t0)
+    kwargs.update(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
+    if num_gpus is not None:
+        kwargs["num_gpus"] = num_gpus
+    kwargs.update(init_kwargs)
+    ctx = None
+    for attempt in range(1, START_ATTEMPTS + 1):
+        with quiet_logs():
+            try:
+                with _patient_node_wait(START_WAIT_S):
+                    ctx = ray.init(address="local", **kwargs)
+                break
+            except Exception as exc:  # Ray waits 30 s for its raylet: an overloaded machine can miss that
+                _kill_our_ray_processes()
+                if attempt == START_ATTEMPTS:
+                    raise ServiceUnavailable(f"ray.init failed {attempt} times: {exc}", "close other heavy programs, or set RAY_ADDRESS to a running cluster") from exc
+    url = getattr(ctx, "address_info", {}).get("gcs_address") or ray.get_runtime_context().gcs_address
+    return RayHandle(url, False, {p.pid for p in _ray_descendants()}, time.monotonic() - t0)
+
+
+def replica_count(app: str, deployment: str) -> int:
+    """Number of RUNNING replicas of one Serve deployment (0 if it does not exist yet)."""
+    from ray import serve
+
+    try:
+        dep = serve.status().applications[app].deployments[deployment]
+    except KeyError:
+        return 0
+    states = dep.replica_states or {}
+    return int(sum(n for state, n in states.items() if str(getattr(state, "value", state)) == "RUNNING"))
+
+
+class ReplicaSampler:
+    """Sample a deployment's replica count every ``interval_s`` in a thread: ``t_s`` and ``replicas``.
+
+    ``with ReplicaSampler("app", "Digits") as s: load.ramp(...)`` then plot ``s.t_s, s.replicas``;
+    times are seconds on ``labkit.timing.now()``'s clock.
+    """
+
+    def __init__(self, app: str, deployment: str, interval_s: float = 0.5) -> None:
+        self.app = app
+        self.deployment = deployment
+        self.interval_s = interval_s
+        self.t_s: list[float] = []
+        self.replicas: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="labkit-replicas", daemon=True)
+
+    def _run(self) -> None:
+        from labkit.timing import now
+
+        while not self._stop.is_set():
+            try:
+                n = replica_count(self.app, self.deployment)
+            except Exception:  # Serve busy or shutting down: skip one sample
+                n = self.replicas[-1] if self.replicas else 0
+            self.t_s.append(now())
+            self.replicas.append(n)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> ReplicaSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
