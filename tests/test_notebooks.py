@@ -56,7 +56,7 @@ def test_course_shape(nb: nbformat.NotebookNode) -> None:
     code = "\n".join(_code(nb))
     assert code.count("# BEGIN SOLUTION") >= 2 and code.count("# BEGIN SOLUTION") == code.count("# END SOLUTION"), f"{path.name}: ≥ 2 marked solutions"
     assert re.search(rf"\bex{number}\.check_\w+\(", code), f"{path.name}: exercises are checked by labkit.exercises.ex{number}"
-    assert "plots." in code, f"{path.name}: plot the timings"
+    assert re.search(r"\bplots\.\w+\(|\.plot_\w+\(", code), f"{path.name}: plot the timings"
 
 
 def test_no_installs_path_hacks_or_downloads(nb: nbformat.NotebookNode) -> None:

@@ -422,6 +422,11 @@ def _rank_main(rank: int, world: int, port: int, backend: str, config: Any, base
         if rank == 0:
             logits = torch.cat(gathered).cpu().numpy()[:n_items]  # type: ignore[arg-type]
             results.put({"logits": logits, "hashes": hashes, "spans": [s for per in spans for s in per]})
+    except Exception as exc:
+        # report first, so the caller can name the rank that failed first (its peers then fail
+        # with "connection closed by peer", which is a consequence, not the cause)
+        results.put({"error": f"{type(exc).__name__}: {exc}", "rank": rank, "t": now()})
+        raise
     finally:
         dist.destroy_process_group()
 
@@ -448,13 +453,29 @@ def run_distributed(n_ranks: int = 2, n_items: int = 20_000, backend: str = "glo
     ctx = tmp.start_processes(_rank_main, args=(n_ranks, free_port(), backend, config, load_digits().x_test, n_items, seed, fail_rank, results), nprocs=n_ranks, join=False, start_method="spawn")
     deadline = now() + timeout_s
     res: dict[str, Any] | None = None
+    errors: list[dict[str, Any]] = []
+
+    def drain() -> None:
+        nonlocal res
+        while not results.empty():
+            msg = results.get()  # read while ranks run: a full pipe would block rank 0
+            if "error" in msg:
+                errors.append(msg)
+            elif res is None:
+                res = msg
+
     try:
         while not ctx.join(timeout=POLL_S):
-            if res is None and not results.empty():
-                res = results.get()  # read while ranks run: a full pipe would block rank 0
+            drain()
             if now() > deadline:
                 raise WorkerFailed("torch.distributed", f"ranks did not finish within {timeout_s:.0f} s")
     except tmp.ProcessRaisedException as exc:
+        for p in ctx.processes:
+            p.join(5)  # let the other ranks report their errors too
+        drain()
+        if errors:
+            first = min(errors, key=lambda e: e["t"])
+            raise WorkerFailed(f"rank-{first['rank']}", first["error"]) from None
         raise WorkerFailed(f"rank-{exc.error_index}", str(exc).strip().splitlines()[-1] + "\n" + str(exc)) from None
     except tmp.ProcessExitedException as exc:
         raise WorkerFailed(f"rank-{exc.error_index}", f"exited with code {exc.exit_code}") from None
@@ -463,8 +484,7 @@ def run_distributed(n_ranks: int = 2, n_items: int = 20_000, backend: str = "glo
             if p.is_alive():
                 p.kill()
                 p.join(5)
-    if res is None and not results.empty():
-        res = results.get()
+    drain()
     wall = now() - t0
     if res is None:
         raise WorkerFailed("rank-0", "finished without sending results")
