@@ -14,7 +14,7 @@ from pathlib import Path
 
 from labkit import cache, config
 
-__all__ = ["CODE_VERSION", "KerasConfig", "export_versions", "export_savedmodel", "silence_tensorflow"]
+__all__ = ["CODE_VERSION", "KerasConfig", "export_savedmodel", "export_versions", "export_wide", "silence_tensorflow"]
 
 CODE_VERSION = "tfmodels-1"
 INPUT_NAME = "pixels"
@@ -115,3 +115,37 @@ def export_versions(base: str | Path | None = None, model_name: str = "digits", 
         if not (target / "saved_model.pb").exists():
             export_savedmodel(cfg, target)
     return model_dir
+
+
+WIDE_WIDTH = 4096
+
+
+def export_wide(base: str | Path | None = None, model_name: str = "wide", width: int = WIDE_WIDTH, seed: int = 0) -> Path:
+    """Write a seeded, untrained wide MLP (64 → width → width → 10) as version 1 of ``model_name``.
+
+    A timing model for batching: at batch size 1 a call mostly reads the width × width weights
+    (64 MB at 4096), so merging requests into one call saves most of the work. It is never
+    trained and its answers mean nothing; the digit CNN is the model whose answers are checked.
+    """
+    root = Path(base) if base is not None else config.cache_dir("tfserving")
+    target = root / model_name / "1"
+    if (target / "saved_model.pb").exists():
+        return target.parent
+    cached = cache.cached_path("tfmodels", "wide", {"width": width, "seed": seed}, CODE_VERSION, suffix="")
+    if not (cached / "saved_model.pb").exists():
+        silence_tensorflow()
+        import keras
+
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((64,), name=INPUT_NAME)
+        h = keras.layers.Dense(width, activation="relu")(inputs)
+        h = keras.layers.Dense(width, activation="relu")(h)
+        outputs = keras.layers.Dense(10, activation="softmax", name=OUTPUT_NAME)(h)
+        tmp = cached.with_name(cached.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        _write_savedmodel(keras.Model(inputs, outputs), tmp)
+        shutil.rmtree(cached, ignore_errors=True)
+        tmp.rename(cached)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(cached, target)
+    return target.parent

@@ -461,9 +461,12 @@ def grpc_stubs() -> tuple[Any, Any]:
         import google.rpc.status_pb2 as status
 
         includes = [str(Path(protoc.__file__).parent / "_proto"), str(Path(status.__file__).parent.parent.parent)]
-        args = ["protoc", f"-I{out}", *[f"-I{i}" for i in includes], f"--python_out={out}", f"--grpc_python_out={out}", str(out / "inference.proto"), str(out / "management.proto")]
-        if protoc.main(args) != 0:
-            raise ServiceUnavailable("grpc_tools.protoc could not compile TorchServe's protos", "pip install grpcio-tools googleapis-common-protos")
+        args = [f"-I{out}", *[f"-I{i}" for i in includes], f"--python_out={out}", f"--grpc_python_out={out}", str(out / "inference.proto"), str(out / "management.proto")]
+        # compile in a child process: protoc's C++ inside a process that already loaded other
+        # protobuf users (Ray, TensorFlow) can crash it
+        done = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", *args], capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise ServiceUnavailable(f"grpc_tools.protoc could not compile TorchServe's protos: {done.stderr.strip()[-300:]}", "pip install grpcio-tools googleapis-common-protos")
     if str(out) not in sys.path:
         sys.path.insert(0, str(out))
     return importlib.import_module("inference_pb2"), importlib.import_module("inference_pb2_grpc")
