@@ -80,7 +80,7 @@ def wide_trained(width: int = 4096, seed: int = 0) -> WideDigitNet:
         d = load_digits()
         with torch.inference_mode():
             h = net.features(d.x_train[:N_FIT])
-            y = torch.nn.functional.one_hot(torch.as_tensor(d.y_train[:N_FIT]), 10).float()
+            y = torch.nn.functional.one_hot(torch.as_tensor(np.array(d.y_train[:N_FIT])), 10).float()
             k = h @ h.T
             alpha = torch.linalg.solve(k + RIDGE * k.diagonal().mean() * torch.eye(len(k)), y)
             readout = (h.T @ alpha).numpy().astype(np.float32)
