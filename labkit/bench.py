@@ -136,22 +136,12 @@ def run(name: str, fast: bool = False) -> Result:
         raise BadInput(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)} or all")
     if not available()[name]:
         raise BadInput(f"benchmark {name!r} is not in this version of labkit yet")
-    import os
-
-    import torch
+    from labkit import hardware
 
     module = importlib.import_module(_module_name(name))
-    threads, env = torch.get_num_threads(), {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     t0 = time.monotonic()
-    try:
+    with hardware.threads_limited(hardware.threads()):  # a benchmark that changes torch's threads must not change the next one's
         result: Result = module.run(fast=fast)
-    finally:  # a benchmark that changes torch's threads must not change the next one's
-        torch.set_num_threads(threads)
-        for k, v in env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     result.elapsed_s = time.monotonic() - t0
     result.fast = fast
     return result
