@@ -45,7 +45,6 @@ student: $(STAMP)
 # Run the whole student edition (unsolved exercises must print "not done yet", never crash).
 # Not part of `make test` (it doubles the notebook time); tests/test_student_edition.py runs 00.
 student-test: student
-	cp -r notebooks/*.py student-edition/ 2>/dev/null || true
 	LABKIT_FAST=1 $(PY) -m pytest student-edition --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=$(CELL_TIMEOUT) -p no:randomly $(PYTEST_ARGS)
 
