@@ -213,22 +213,26 @@ def find_boxes(logits: torch.Tensor, threshold: float = PEAK_THRESHOLD) -> list[
     prob = torch.sigmoid(logits[:, 0])
     pooled = torch.nn.functional.max_pool2d(prob[:, None], PEAK_WINDOW, stride=1, padding=PEAK_WINDOW // 2)[:, 0]
     peaks = (prob == pooled) & (prob > threshold)
-    out = []
-    for i in range(len(prob)):
-        ys, xs = torch.nonzero(peaks[i], as_tuple=True)
-        boxes = torch.stack([xs - HALF, ys - HALF, xs + HALF, ys + HALF], dim=1) if len(xs) else torch.zeros(0, 4, dtype=torch.long)
-        out.append(boxes.numpy().astype(np.int64).reshape(-1, 4))
-    return out
+    img, ys, xs = torch.nonzero(peaks, as_tuple=True)  # row-major: by image, then y, then x
+    boxes = torch.stack([xs - HALF, ys - HALF, xs + HALF, ys + HALF], dim=1).numpy().astype(np.int64)
+    ends = np.cumsum(torch.bincount(img, minlength=len(prob)).numpy())
+    return [boxes[a:b].reshape(-1, 4) for a, b in zip(np.r_[0, ends[:-1]], ends)]
 
 
 def crop_boxes(images: torch.Tensor, boxes: list[np.ndarray]) -> torch.Tensor:
     """Cut an 8×8 crop for every box (zero-padded at the canvas edge): a (sum k, 1, 8, 8) tensor."""
     if len(images) != len(boxes):
         raise BadInput(f"{len(images)} images but {len(boxes)} box lists")
-    h, w = images.shape[-2:]
-    padded = torch.nn.functional.pad(images, (DIGIT, DIGIT, DIGIT, DIGIT))
-    crops = [padded[i, :, y0 + DIGIT : y0 + 2 * DIGIT, x0 + DIGIT : x0 + 2 * DIGIT] for i, b in enumerate(boxes) for x0, y0, _, _ in b]
-    return torch.stack(crops) if crops else torch.zeros(0, 1, DIGIT, DIGIT)
+    counts = [len(b) for b in boxes]
+    if not sum(counts):
+        return torch.zeros(0, 1, DIGIT, DIGIT, dtype=images.dtype)
+    xy = torch.from_numpy(np.concatenate([np.asarray(b, np.int64).reshape(-1, 4) for b in boxes])[:, :2] + DIGIT)
+    img = torch.repeat_interleave(torch.arange(len(boxes)), torch.tensor(counts))
+    offsets = torch.arange(DIGIT)
+    rows = (xy[:, 1, None] + offsets)[:, :, None]  # (n, 8, 1)
+    cols = (xy[:, 0, None] + offsets)[:, None, :]  # (n, 1, 8)
+    padded = torch.nn.functional.pad(images[:, 0], (DIGIT, DIGIT, DIGIT, DIGIT))
+    return padded[img[:, None, None], rows, cols][:, None]
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
