@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from labkit import bench, config, data, hardware, load, models, timing
+from labkit import bench, config, data, hardware, load, timing
 from labkit.services import torchserve
 
 __all__ = ["run"]
@@ -30,7 +30,7 @@ def run(fast: bool) -> bench.Result:
     """Measure batching on/off at concurrency 32; report start, stop and RSS."""
     n_requests = 320 if fast else 1600
     store = torchserve.model_store()
-    wide = models.build(models.TrainConfig(**torchserve.WIDE_MLP))  # timing model: seeded, untrained
+    wide = torchserve.wide_mlp()  # timing model: seeded, untrained, bfloat16
     mar = torchserve.archive("wide", "1.0", wide, store).name
     images = data.load_digits().x_test[:256]
     model_gain = _in_process_gain(wide, images)
@@ -72,6 +72,6 @@ def _in_process_gain(model: Any, images: Any) -> float:
     per_item = {}
     with hardware.threads_limited(1), torch.inference_mode():
         for b in (1, 32):
-            xb = torch.tensor(np.asarray(images[:b]))
+            xb = torch.tensor(np.asarray(images[:b])).to(next(model.parameters()).dtype)
             per_item[b] = float(np.median(timing.measure(lambda: model(xb), repeats=5))) / b
     return per_item[1] / per_item[32]
