@@ -215,3 +215,35 @@ def test_sigkill_is_detected_by_the_handle(model_dir: Path) -> None:
     finally:
         handle.stop()
     assert pid not in [r["pid"] for r in process.started_here()]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batcher_never_exceeds_max_batch_size_and_answers_every_request(threads: int) -> None:
+    """In-process batcher (no TensorFlow): rows per call ≤ max_batch_size, each caller gets its own rows back."""
+    import threading
+    import time as _time
+
+    import numpy as np
+
+    from labkit.tfserving_api.registry import BatchingParameters, BatchStats, _Batcher
+
+    calls: list[int] = []
+    lock = threading.Lock()
+
+    def model(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with lock:
+            calls.append(len(inputs["x"]))
+        _time.sleep(0.005)  # a model call long enough for requests to queue behind it
+        return {"y": inputs["x"] * 2}
+
+    batcher = _Batcher(model, BatchingParameters(max_batch_size=8, batch_timeout_micros=5000, num_batch_threads=threads), BatchStats())
+    try:
+        sizes = [1, 3, 5, 2, 7, 1, 4, 6] * 4
+        futures = [batcher.submit({"x": np.full((n, 1), i, np.float32)}) for i, n in enumerate(sizes)]
+        for i, (n, fut) in enumerate(zip(sizes, futures)):
+            out = fut.result(timeout=10)["y"]
+            assert out.shape == (n, 1) and (out == 2 * i).all(), f"request {i} got someone else's rows"
+    finally:
+        batcher.close()
+    assert max(calls) <= 8 and sum(calls) == sum(sizes)
+    assert len(calls) < len(sizes), "some requests were merged"

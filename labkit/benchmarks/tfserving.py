@@ -102,7 +102,7 @@ def run(fast: bool = False) -> Result:
     return Result(
         "tfserving",
         [
-            Target("batching throughput gain at concurrency 32 (wide MLP 4096)", gain, "×", ">=", 3.0),
+            Target(f"batching throughput gain at concurrency 32 (wide MLP {tfmodels.WIDE_WIDTH}, {tfmodels.WIDE_DTYPE})", gain, "×", ">=", 3.0),
             Target("throughput without batching", off["throughput_per_s"], "req/s"),
             Target("throughput with batching", on["throughput_per_s"], "req/s"),
             Target("p99 without batching", off.get("p99_ms", float("nan")), "ms"),

@@ -62,6 +62,7 @@ def start(
     enable_batching: bool = False,
     max_batch_size: int = 32,
     batch_timeout_micros: int = 2000,
+    num_batch_threads: int = 1,
     model_config_file: str | Path | None = None,
     poll_s: float = 1.0,
     timeout_s: float = READY_TIMEOUT_S,
@@ -83,14 +84,13 @@ def start(
     else:
         flags += [f"--model_name={model_name}", f"--model_base_path={model_base_path}"]
     real = shutil.which(REAL_BINARY)
-    if enable_batching:
-        flags.append("--enable_batching")
-        if real:
-            params = config.cache_dir("tfserving") / f"batching-{max_batch_size}-{batch_timeout_micros}.txt"
-            params.write_text(f"max_batch_size {{ value: {max_batch_size} }}\nbatch_timeout_micros {{ value: {batch_timeout_micros} }}\n")
-            flags.append(f"--batching_parameters_file={params}")
-        else:
-            flags += [f"--max_batch_size={max_batch_size}", f"--batch_timeout_micros={batch_timeout_micros}"]
+    if enable_batching:  # the real binary reads these from a batching parameters file only
+        params = config.cache_dir("tfserving") / f"batching-{max_batch_size}-{batch_timeout_micros}-{num_batch_threads}.txt"
+        params.write_text(
+            f"max_batch_size {{ value: {max_batch_size} }}\nbatch_timeout_micros {{ value: {batch_timeout_micros} }}\n"
+            f"num_batch_threads {{ value: {num_batch_threads} }}\n"
+        )
+        flags += ["--enable_batching", f"--batching_parameters_file={params}"]
     cmd = [real, *flags] if real else [sys.executable, "-m", "labkit", "tfserving", *flags]
     url = f"http://127.0.0.1:{rest_port}"
     t0 = time.monotonic()

@@ -33,6 +33,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batching_parameters_file", default=None)
     p.add_argument("--max_batch_size", type=int, default=32)
     p.add_argument("--batch_timeout_micros", type=int, default=2000)
+    p.add_argument("--num_batch_threads", type=int, default=1, help="batches that may run at once (also settable in the batching parameters file)")
     p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
     return p.parse_args(argv)
 
@@ -42,7 +43,7 @@ def _batching(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     if not args.enable_batching:
         return None
-    values = {"max_batch_size": args.max_batch_size, "batch_timeout_micros": args.batch_timeout_micros}
+    values = {"max_batch_size": args.max_batch_size, "batch_timeout_micros": args.batch_timeout_micros, "num_batch_threads": args.num_batch_threads}
     if args.batching_parameters_file:
         text = Path(args.batching_parameters_file).read_text()
         for key, value in re.findall(r"(\w+)\s*\{\s*value\s*:\s*(\d+)\s*\}", text):

@@ -43,10 +43,14 @@ class VersionPolicy:
 
 @dataclass(frozen=True)
 class BatchingParameters:
-    """Server-side batching, named as in TF Serving's batching parameters file."""
+    """Server-side batching, named as in TF Serving's batching parameters file.
+
+    ``num_batch_threads``: how many batches may run at once (while one runs, the next can form).
+    """
 
     max_batch_size: int = 32
     batch_timeout_micros: int = 2000
+    num_batch_threads: int = 1
 
 
 @dataclass
@@ -56,6 +60,9 @@ class BatchStats:
     sizes: dict[int, int] = field(default_factory=dict)
 
 
+_Item = tuple[dict[str, np.ndarray], int, "Future[dict[str, np.ndarray]]"]
+
+
 class _Batcher:
     """Merge concurrent requests into one model call: up to max_batch_size rows or the timeout."""
 
@@ -63,9 +70,13 @@ class _Batcher:
         self.fn = fn
         self.params = params
         self.stats = stats
-        self.queue: Queue[tuple[dict[str, np.ndarray], int, Future[dict[str, np.ndarray]]] | None] = Queue()
-        self.thread = threading.Thread(target=self._loop, daemon=True, name="tfs-batcher")
-        self.thread.start()
+        self.queue: Queue[_Item | None] = Queue()
+        self._forming = threading.Lock()  # one thread forms a batch at a time; several may run one
+        self._stats_lock = threading.Lock()
+        self._carry: _Item | None = None  # a request that would have overfilled the last batch
+        self.threads = [threading.Thread(target=self._loop, daemon=True, name=f"tfs-batcher-{i}") for i in range(max(1, params.num_batch_threads))]
+        for t in self.threads:
+            t.start()
 
     def submit(self, inputs: dict[str, np.ndarray]) -> Future[dict[str, np.ndarray]]:
         fut: Future[dict[str, np.ndarray]] = Future()
@@ -74,15 +85,18 @@ class _Batcher:
         return fut
 
     def close(self) -> None:
-        self.queue.put(None)
+        for _ in self.threads:
+            self.queue.put(None)
 
-    def _loop(self) -> None:
-        while True:
-            first = self.queue.get()
+    def _next_batch(self) -> list[_Item] | None:
+        """Wait for a first request, then add more until max_batch_size rows or the timeout; None: closing."""
+        with self._forming:
+            first, self._carry = self._carry, None
             if first is None:
-                return
-            batch = [first]
-            rows = first[1]
+                first = self.queue.get()
+            if first is None:
+                return None
+            batch, rows = [first], first[1]
             deadline = time.monotonic() + self.params.batch_timeout_micros / 1e6
             while rows < self.params.max_batch_size:
                 try:
@@ -92,9 +106,16 @@ class _Batcher:
                 if item is None:
                     self.queue.put(None)
                     break
+                if rows + item[1] > self.params.max_batch_size:
+                    self._carry = item  # starts the next batch
+                    break
                 batch.append(item)
                 rows += item[1]
-            self._run(batch, rows)
+            return batch
+
+    def _loop(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            self._run(batch, sum(b[1] for b in batch))
 
     def _run(self, batch: list[tuple[dict[str, np.ndarray], int, Future[dict[str, np.ndarray]]]], rows: int) -> None:
         try:
@@ -104,9 +125,10 @@ class _Batcher:
             for _, _, fut in batch:
                 fut.set_exception(exc)
             return
-        self.stats.batches += 1
-        self.stats.rows += rows
-        self.stats.sizes[rows] = self.stats.sizes.get(rows, 0) + 1
+        with self._stats_lock:
+            self.stats.batches += 1
+            self.stats.rows += rows
+            self.stats.sizes[rows] = self.stats.sizes.get(rows, 0) + 1
         start = 0
         for _, n, fut in batch:
             fut.set_result({k: v[start : start + n] for k, v in out.items()})
@@ -151,14 +173,13 @@ class Servable:
             raise InvalidArgument(str(exc).splitlines()[0]) from exc
         return {k: v.numpy() for k, v in out.items()}
 
-    def predict(self, sig_name: str | None, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Check inputs against the signature, then run (through the batcher when batching)."""
+    def prepare(self, sig_name: str | None, inputs: dict[str, np.ndarray]) -> tuple[str, dict[str, np.ndarray]]:
+        """Check inputs against the signature; return the signature key and the inputs cast to its dtypes."""
         key, _ = self.signature(sig_name)
         specs = self.input_specs(key)
         if set(inputs) != set(specs):
             raise InvalidArgument(f"input names {sorted(inputs)} do not match the signature's {sorted(specs)}")
         cast = {}
-        rows = None
         for k, spec in specs.items():
             try:
                 arr = np.asarray(inputs[k], dtype=spec.dtype.as_numpy_dtype)
@@ -166,13 +187,29 @@ class Servable:
                 raise InvalidArgument(f"input {k!r} cannot be read as {spec.dtype.name}: {exc}") from exc
             if not spec.shape.is_compatible_with(arr.shape):
                 raise InvalidArgument(f"input {k!r} has shape {list(arr.shape)}, the signature expects {spec.shape.as_list()} (None = any)")
-            rows = arr.shape[0] if arr.ndim else rows
             cast[k] = arr
+        return key, cast
+
+    def submit(self, key: str, cast: dict[str, np.ndarray]) -> Future[dict[str, np.ndarray]] | None:
+        """Hand prepared inputs to the signature's batcher; None when they should run on their own.
+
+        A request that fills a batch on its own (or any request, without batching) runs as it is.
+        """
         batcher = self._batchers.get(key)
+        rows = next((a.shape[0] for a in cast.values() if a.ndim), None)
         if batcher is not None and rows and rows < batcher.params.max_batch_size:
-            return batcher.submit(cast).result()
-        # a request that fills a batch on its own runs as it is (no merging can help it)
+            return batcher.submit(cast)
+        return None
+
+    def run(self, key: str, cast: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One model call on prepared inputs (no batching)."""
         return self._call(key, cast)
+
+    def predict(self, sig_name: str | None, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check inputs against the signature, then run (through the batcher when batching)."""
+        key, cast = self.prepare(sig_name, inputs)
+        future = self.submit(key, cast)
+        return future.result() if future is not None else self.run(key, cast)
 
     def close(self) -> None:
         for b in self._batchers.values():

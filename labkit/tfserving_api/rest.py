@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from labkit.tfserving_api.registry import InvalidArgument, ModelRegistry, NotFound
+from labkit.tfserving_api.registry import InvalidArgument, ModelRegistry, NotFound, Servable
 
 __all__ = ["make_app"]
 
@@ -37,7 +37,8 @@ def _rows_to_columns(instances: list[Any], input_names: list[str]) -> dict[str, 
     return {k: np.asarray([i.get(k) for i in instances]) for k in input_names}
 
 
-def _predict(registry: ModelRegistry, version: int | None, label: str | None, body: Any) -> dict[str, Any]:
+def _parse(registry: ModelRegistry, version: int | None, label: str | None, body: Any) -> tuple[Servable, str, dict[str, np.ndarray], bool]:
+    """A predict body → (servable, signature key, prepared inputs, row format?)."""
     servable = registry.resolve(version, label)
     if not isinstance(body, dict):
         raise InvalidArgument("Request body must be a JSON object")
@@ -50,16 +51,39 @@ def _predict(registry: ModelRegistry, version: int | None, label: str | None, bo
             inputs = _rows_to_columns(body["instances"], names)
         except ValueError as exc:
             raise InvalidArgument(f"instances are not a regular (rectangular) array: {exc}") from exc
-        out = servable.predict(sig_name, inputs)
-        keys = list(out)
-        n = len(next(iter(out.values())))
+    else:
+        raw = body["inputs"]
+        inputs = {names[0]: np.asarray(raw)} if not isinstance(raw, dict) else {k: np.asarray(v) for k, v in raw.items()}
+    key, cast = servable.prepare(sig_name, inputs)
+    return servable, key, cast, "instances" in body
+
+
+def _answer(out: dict[str, np.ndarray], row_format: bool) -> dict[str, Any]:
+    """Model outputs → TF Serving's JSON: ``predictions`` (row format) or ``outputs`` (columnar)."""
+    keys = list(out)
+    if row_format:
         if len(keys) == 1:
             return {"predictions": _tolist(out[keys[0]])}
+        n = len(next(iter(out.values())))
         return {"predictions": [{k: _tolist(out[k][i]) for k in keys} for i in range(n)]}
-    raw = body["inputs"]
-    inputs = {names[0]: np.asarray(raw)} if not isinstance(raw, dict) else {k: np.asarray(v) for k, v in raw.items()}
-    out = servable.predict(sig_name, inputs)
-    return {"outputs": _tolist(next(iter(out.values())))} if len(out) == 1 else {"outputs": {k: _tolist(v) for k, v in out.items()}}
+    return {"outputs": _tolist(out[keys[0]])} if len(keys) == 1 else {"outputs": {k: _tolist(v) for k, v in out.items()}}
+
+
+async def _predict(registry: ModelRegistry, version: int | None, label: str | None, body: Any) -> dict[str, Any]:
+    """Parse, run and answer one predict request.
+
+    With batching, the request waits for its batch on the event loop (no thread per request), so
+    many requests can be in flight at once for the batcher to merge; without, the model call runs
+    in a worker thread so calls overlap as in TF Serving.
+    """
+    import asyncio
+
+    from starlette.concurrency import run_in_threadpool
+
+    servable, key, cast, row_format = _parse(registry, version, label, body)
+    future = servable.submit(key, cast)
+    out = await asyncio.wrap_future(future) if future is not None else await run_in_threadpool(servable.run, key, cast)
+    return _answer(out, row_format)
 
 
 def make_app(registries: dict[str, ModelRegistry]) -> Any:
@@ -97,9 +121,7 @@ def make_app(registries: dict[str, ModelRegistry]) -> Any:
                     body = json.loads(await request.body())
                 except (ValueError, UnicodeDecodeError) as exc:
                     raise InvalidArgument(f"JSON Parse error: {exc}") from exc
-                from starlette.concurrency import run_in_threadpool
-
-                return JSONResponse(await run_in_threadpool(_predict, registry, version, label, body))
+                return JSONResponse(await _predict(registry, version, label, body))
             if request.method != "GET":
                 return error(405, f"{request.method} is not allowed here")
             if rest == "/metadata":
