@@ -37,6 +37,17 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
+@pytest.mark.parametrize("start", ["notebooks", "student-edition", ".cache/student-edition", "deploy/k8s/base", "."])
+def test_deploy_dir_from_any_depth(start: str) -> None:
+    """08 finds deploy/ from its own folder at any depth (make test runs .cache/student-edition)."""
+    assert kubectl.deploy_dir(DEPLOY.parent / start) == DEPLOY
+
+
+def test_deploy_dir_outside_the_repository(tmp_path: Path) -> None:
+    """Outside any checkout: the deploy/ beside the labkit package (the repository it came from)."""
+    assert kubectl.deploy_dir(tmp_path) == DEPLOY
+
+
 @pytest.fixture(scope="module")
 def dockerfile():
     return dockerfile_instructions(DEPLOY / "Dockerfile")

@@ -64,6 +64,9 @@ def test_no_installs_path_hacks_or_downloads(nb: nbformat.NotebookNode) -> None:
     assert not re.search(r"^\s*[!%]\s*pip install", code, re.M), "no pip cells: the README's command installs everything"
     assert "sys.path" not in code, "no sys.path hacks"
     assert not re.search(r"from_pretrained|urlretrieve|hf_hub_download|torch\.hub\.load", code), "nothing is downloaded at run time"
+    # make test runs the student edition from .cache/student-edition/, two levels down, so "../deploy"
+    # is not the repository's deploy/ there: find it with kubectl.deploy_dir() instead.
+    assert not re.search(r"""Path\(\s*["']\.\.["']|["']\.\./""", code), "no paths relative to the notebook's folder ('..')"
 
 
 def test_readme_lists_it_and_its_needs(nb: nbformat.NotebookNode) -> None:

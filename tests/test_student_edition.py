@@ -1,6 +1,7 @@
 """The student edition runs top to bottom with "not done yet" feedback, and solutions filled back
-in make every check pass again. Executed for notebook 00 (the cheapest); the other notebooks'
-student editions are checked statically in test_exercises.py."""
+in make every check pass again. Executed here for notebook 00 (the cheapest), both ways; the
+student edition of every notebook is checked statically in test_exercises.py and executed unsolved
+by `make test` under nbval (written to .cache/student-edition/)."""
 
 from __future__ import annotations
 

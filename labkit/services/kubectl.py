@@ -1,12 +1,13 @@
 """Kubernetes manifests offline, and a real cluster when there is one (kubectl).
 
+- ``deploy_dir()``: the course's ``deploy/`` folder, found from wherever the notebook runs.
 - ``load_manifests`` / ``validate``: read YAML and check every object against the OpenAPI schemas
   of a pinned Kubernetes version with kubernetes-validate (``strict`` rejects unknown fields).
 - ``kustomize``: render an overlay with ``kubectl kustomize`` (works offline).
 - ``cluster()``: None when ``KUBECONFIG`` points at a reachable cluster and ``kubectl`` is on PATH,
   else the reason; then ``run("apply", "-k", ...)`` and ``watch_hpa`` drive the real thing.
 
-    print("\n".join(kubectl.validate(kubectl.load_manifests("deploy/k8s/base"))))
+    print("\n".join(kubectl.validate(kubectl.load_manifests(kubectl.deploy_dir() / "k8s" / "base"))))
 
 Used in 08.
 """
@@ -25,10 +26,24 @@ from labkit import config
 from labkit.errors import BadInput, ServiceUnavailable
 from labkit.timing import now
 
-__all__ = ["KUBERNETES_VERSION", "cluster", "kustomize", "load_manifests", "run", "validate", "watch_hpa"]
+__all__ = ["KUBERNETES_VERSION", "cluster", "deploy_dir", "kustomize", "load_manifests", "run", "validate", "watch_hpa"]
 
 KUBERNETES_VERSION = "1.32.0"  # manifests are validated against this API version (kubectl 1.32)
 INSTALL_HINT = "install kubectl: https://kubernetes.io/docs/tasks/tools/"
+
+
+def deploy_dir(start: str | Path | None = None) -> Path:
+    """The course's ``deploy/`` folder (Dockerfile, ``k8s/``): the nearest one at ``start`` (default:
+    the working directory, i.e. the notebook's folder) or above it, else the one beside the labkit
+    package (the repository labkit is installed from). Not a fixed ``../deploy``: a notebook may run
+    from ``notebooks/``, ``student-edition/`` or deeper (``make test`` runs ``.cache/student-edition``).
+    """
+    here = Path(start if start is not None else Path.cwd()).resolve()
+    repo = Path(__file__).resolve().parents[2]  # labkit/services/kubectl.py -> the repository
+    for folder in (here, *here.parents, repo):
+        if (folder / "deploy" / "k8s").is_dir():
+            return folder / "deploy"
+    raise BadInput(f"no deploy/k8s folder at or above {here}, nor in {repo}: run from inside the labkit repository")
 
 
 def load_manifests(path: str | Path) -> list[dict[str, Any]]:
