@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from labkit.errors import BadInput
 from labkit.timing import LatencyStats, latency_stats, now
 
-__all__ = ["LoadResult", "Request", "closed_loop", "open_loop", "ramp"]
+__all__ = ["LoadResult", "Request", "closed_loop", "closed_loop_calls", "open_loop", "ramp"]
 
 MAX_REQUESTS = 100_000
 MAX_DURATION_S = 600.0
@@ -42,7 +42,8 @@ class Request:
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.status is not None and 200 <= self.status < 300
+        """No error, and a 2xx status for HTTP (calls of other protocols record no status)."""
+        return self.error is None and (self.status is None or 200 <= self.status < 300)
 
 
 @dataclass
@@ -90,7 +91,7 @@ class LoadResult:
     def status_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for r in self.requests:
-            key = str(r.status) if r.status is not None else (r.error or "error").split(":")[0]
+            key = str(r.status) if r.status is not None else ("ok" if r.error is None else r.error.split(":")[0])
             out[key] = out.get(key, 0) + 1
         return out
 
@@ -199,6 +200,50 @@ def closed_loop(
 
             await asyncio.gather(*(worker(w) for w in range(concurrency)))
         result.elapsed_s = now() - result.started
+        return result
+
+    return _run(main)
+
+
+def closed_loop_calls(
+    target: str,
+    client: Callable[[], Any],
+    concurrency: int = 8,
+    n_requests: int | None = None,
+    duration_s: float | None = None,
+) -> LoadResult:
+    """``closed_loop`` for any async client (a gRPC stub, say).
+
+    ``client()`` is an async context manager (opened once, inside the load's event loop) that
+    yields ``call``; ``await call(i)`` sends request ``i`` and returns None, or an error string
+    for a wrong answer (an exception is recorded as an error). ``target`` is the ``host:port``
+    the calls go to, checked to be this machine.
+    """
+    _check_target(f"tcp://{target}")
+    _check_bounds(n_requests, duration_s)
+    if not 1 <= concurrency <= 1024:
+        raise BadInput(f"concurrency must be in 1..1024, got {concurrency}")
+
+    async def main() -> LoadResult:
+        result = LoadResult(concurrency=concurrency)
+        counter = iter(range(n_requests if n_requests is not None else MAX_REQUESTS))
+        async with client() as call:
+            result.started = now()
+            deadline = result.started + duration_s if duration_s is not None else float("inf")
+
+            async def worker(w: int) -> None:
+                for i in counter:
+                    if now() >= deadline:
+                        return
+                    t0 = now()
+                    try:
+                        err = await call(i)
+                    except Exception as exc:  # recorded, not raised
+                        err = f"{type(exc).__name__}: {exc}"[:200]
+                    result.requests.append(Request(t0, now() - t0, None, err, w))
+
+            await asyncio.gather(*(worker(w) for w in range(concurrency)))
+            result.elapsed_s = now() - result.started
         return result
 
     return _run(main)

@@ -119,7 +119,7 @@ def export_versions(base: str | Path | None = None, model_name: str = "digits", 
 
 WIDE_WIDTH = 8192
 WIDE_DTYPE = "bfloat16"  # the wide layers' weights and arithmetic, as large models are served
-WIDE_SQUARE_LAYERS = 4  # width × width layers (128 MB each at 8192 in bfloat16)
+WIDE_SQUARE_LAYERS = 2  # width × width layers (128 MB each at 8192 in bfloat16)
 
 
 def export_wide(base: str | Path | None = None, model_name: str = "wide", width: int = WIDE_WIDTH, seed: int = 0) -> Path:

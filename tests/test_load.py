@@ -70,3 +70,31 @@ def test_must_be_bounded() -> None:
         load.closed_loop("http://127.0.0.1:1/", n_requests=10**9)
     with pytest.raises(BadInput):
         load.ramp("http://127.0.0.1:1/", {}, [(1.0, -5)])
+
+
+def test_closed_loop_calls_records_answers_errors_and_exceptions() -> None:
+    """The protocol-agnostic closed loop (used for gRPC): every call recorded, failures counted, client closed."""
+    import asyncio
+    import contextlib
+
+    events: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def client():  # type: ignore[no-untyped-def]
+        events.append("open")
+
+        async def call(i: int) -> str | None:
+            await asyncio.sleep(0.001)
+            if i % 10 == 3:
+                raise ConnectionError("gone")
+            return "wrong answer" if i % 10 == 7 else None
+
+        yield call
+        events.append("closed")
+
+    result = load.closed_loop_calls("127.0.0.1:1", client, concurrency=4, n_requests=40)
+    assert result.n == 40 and result.errors == 8
+    assert events == ["open", "closed"]
+    assert result.status_counts() == {"ok": 32, "ConnectionError": 4, "wrong answer": 4}
+    with pytest.raises(BadInput):
+        load.closed_loop_calls("10.1.2.3:8500", client, n_requests=1)

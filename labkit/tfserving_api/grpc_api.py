@@ -21,7 +21,7 @@ def _resolve(registries: dict[str, ModelRegistry], spec: Any) -> Any:
     return registry.resolve(version, label)
 
 
-def serve_grpc(registries: dict[str, ModelRegistry], host: str, port: int, workers: int = 8) -> Any:
+def serve_grpc(registries: dict[str, ModelRegistry], host: str, port: int, workers: int = 64) -> Any:
     """Start a gRPC server with PredictionService and ModelService; return it (call .stop())."""
     import grpc
     import tensorflow as tf
