@@ -211,9 +211,15 @@ def find_boxes(logits: torch.Tensor, threshold: float = PEAK_THRESHOLD) -> list[
     Boxes are ``[x0, y0, x1, y1]`` (exclusive ends) of 8×8 digits, sorted top-to-bottom, left-to-right.
     """
     prob = torch.sigmoid(logits[:, 0])
-    pooled = torch.nn.functional.max_pool2d(prob[:, None], PEAK_WINDOW, stride=1, padding=PEAK_WINDOW // 2)[:, 0]
-    peaks = (prob == pooled) & (prob > threshold)
-    img, ys, xs = torch.nonzero(peaks, as_tuple=True)  # row-major: by image, then y, then x
+    # A peak is a pixel above the threshold that is the maximum of its PEAK_WINDOW² window. Only the
+    # few pixels above the threshold are checked (a full 7×7 max-pool costs ~0.6 ms per 8 scenes).
+    img, ys, xs = torch.nonzero(prob > threshold, as_tuple=True)  # row-major: by image, then y, then x
+    r = PEAK_WINDOW // 2
+    padded = torch.nn.functional.pad(prob, (r, r, r, r), value=float("-inf"))
+    offsets = torch.arange(PEAK_WINDOW)
+    windows = padded[img[:, None, None], ys[:, None, None] + offsets[:, None], xs[:, None, None] + offsets]  # (n, w, w)
+    keep = prob[img, ys, xs] >= windows.amax(dim=(1, 2))
+    img, ys, xs = img[keep], ys[keep], xs[keep]
     boxes = torch.stack([xs - HALF, ys - HALF, xs + HALF, ys + HALF], dim=1).numpy().astype(np.int64)
     ends = np.cumsum(torch.bincount(img, minlength=len(prob)).numpy())
     return [boxes[a:b].reshape(-1, 4) for a, b in zip(np.r_[0, ends[:-1]], ends)]

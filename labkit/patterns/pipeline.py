@@ -144,11 +144,11 @@ def build_denoise() -> Callable[[Any], Any]:
 
     from labkit import vision
 
-    model = vision.trained_denoiser(progress=False)
+    model = vision.trained_denoiser(progress=False).to(memory_format=torch.channels_last)  # NHWC: ~2× faster convs on CPU
 
     def denoise(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return model(x)
+            return model(x.contiguous(memory_format=torch.channels_last))
 
     return denoise
 
@@ -159,11 +159,11 @@ def build_detect() -> Callable[[Any], Any]:
 
     from labkit import vision
 
-    model = vision.trained_detector(progress=False)
+    model = vision.trained_detector(progress=False).to(memory_format=torch.channels_last)
 
     def detect(x: torch.Tensor) -> tuple[torch.Tensor, list[Any]]:
         with torch.inference_mode():
-            return x, vision.find_boxes(model(x))
+            return x, vision.find_boxes(model(x.contiguous(memory_format=torch.channels_last)))
 
     return detect
 
