@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -23,6 +25,18 @@ def need(available: bool, reason: str) -> None:
     if config.strict():
         pytest.fail(f"LABKIT_STRICT=1 and {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+@contextmanager
+def nothing_new_left(held: set[int]) -> Iterator[None]:
+    """Fail if the block leaves a labkit process it started running (``held``: pids owned by longer-lived fixtures)."""
+    from labkit.services import process
+
+    before = {i["pid"] for i in process.running()}
+    yield
+    # only what this test process started: other sessions may share the cache dir
+    left = [i for i in process.running() if i.get("parent") == os.getpid() and i["pid"] not in before and i["pid"] not in held]
+    assert not left, f"processes left running after the test: {left}"
 
 
 @pytest.hookimpl(hookwrapper=True)

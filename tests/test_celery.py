@@ -7,14 +7,13 @@ After every test no worker or broker process is left (psutil).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
 import numpy as np
 import psutil
 import pytest
-from conftest import need
+from conftest import need, nothing_new_left
 
 from labkit import celery_tasks as ct
 from labkit import data, models
@@ -51,11 +50,8 @@ def _ports(pids: list[int]) -> list[int]:
 
 @pytest.fixture(autouse=True)
 def _nothing_new_left() -> Iterator[None]:
-    before = {i["pid"] for i in process.running()}
-    yield
-    # only what this test process started: other sessions may share the cache dir
-    left = [i for i in process.running() if i.get("parent") == os.getpid() and i["pid"] not in before and i["pid"] not in _held]
-    assert not left, f"processes left running after the test: {left}"
+    with nothing_new_left(_held):
+        yield
 
 
 def _pids(handles: list[process.Handle]) -> list[int]:
