@@ -177,32 +177,18 @@ def closed_loop(
     ``payload`` is a JSON body or a function of the request index; ``check(response)`` may
     return an error string for a 2xx answer that is wrong.
     """
+    import httpx
+
     _check_target(url)
-    _check_bounds(n_requests, duration_s)
-    if not 1 <= concurrency <= 1024:
-        raise BadInput(f"concurrency must be in 1..1024, got {concurrency}")
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async def main() -> LoadResult:
-        import httpx
+    def open_client() -> Any:
+        return httpx.AsyncClient(timeout=timeout_s, limits=limits)
 
-        result = LoadResult(concurrency=concurrency)
-        counter = iter(range(n_requests if n_requests is not None else MAX_REQUESTS))
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        result.started = now()
-        deadline = result.started + duration_s if duration_s is not None else float("inf")
-        async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+    async def send(client: Any, i: int, worker: int) -> Request:
+        return await _one(client, method, url, payload, i, worker, check)
 
-            async def worker(w: int) -> None:
-                for i in counter:
-                    if now() >= deadline:
-                        return
-                    result.requests.append(await _one(client, method, url, payload, i, w, check))
-
-            await asyncio.gather(*(worker(w) for w in range(concurrency)))
-        result.elapsed_s = now() - result.started
-        return result
-
-    return _run(main)
+    return _closed_loop(open_client, send, concurrency, n_requests, duration_s)
 
 
 def closed_loop_calls(
@@ -220,6 +206,26 @@ def closed_loop_calls(
     the calls go to, checked to be this machine.
     """
     _check_target(f"tcp://{target}")
+
+    async def send(call: Any, i: int, worker: int) -> Request:
+        t0 = now()
+        try:
+            err = await call(i)
+        except Exception as exc:  # recorded, not raised
+            err = f"{type(exc).__name__}: {exc}"[:200]
+        return Request(t0, now() - t0, None, err, worker)
+
+    return _closed_loop(client, send, concurrency, n_requests, duration_s)
+
+
+def _closed_loop(
+    open_client: Callable[[], Any],
+    send: Callable[[Any, int, int], Any],
+    concurrency: int,
+    n_requests: int | None,
+    duration_s: float | None,
+) -> LoadResult:
+    """``concurrency`` workers share one client (an async context manager); each awaits ``send(client, i, worker)``."""
     _check_bounds(n_requests, duration_s)
     if not 1 <= concurrency <= 1024:
         raise BadInput(f"concurrency must be in 1..1024, got {concurrency}")
@@ -227,7 +233,7 @@ def closed_loop_calls(
     async def main() -> LoadResult:
         result = LoadResult(concurrency=concurrency)
         counter = iter(range(n_requests if n_requests is not None else MAX_REQUESTS))
-        async with client() as call:
+        async with open_client() as client:
             result.started = now()
             deadline = result.started + duration_s if duration_s is not None else float("inf")
 
@@ -235,12 +241,7 @@ def closed_loop_calls(
                 for i in counter:
                     if now() >= deadline:
                         return
-                    t0 = now()
-                    try:
-                        err = await call(i)
-                    except Exception as exc:  # recorded, not raised
-                        err = f"{type(exc).__name__}: {exc}"[:200]
-                    result.requests.append(Request(t0, now() - t0, None, err, w))
+                    result.requests.append(await send(client, i, w))
 
             await asyncio.gather(*(worker(w) for w in range(concurrency)))
             result.elapsed_s = now() - result.started

@@ -31,6 +31,7 @@ class DigitHandler:
 
     def __init__(self) -> None:
         self.model: torch.nn.Module | None = None
+        self.dtype = torch.float32  # the model's parameter dtype: inputs are cast to it
         self.version = "?"
         self.initialized = False
 
@@ -48,7 +49,8 @@ class DigitHandler:
         else:
             model = DigitMLP(hidden=tuple(cfg["hidden"]))
         weights = os.path.join(model_dir, manifest["serializedFile"])
-        model = model.to(getattr(torch, cfg.get("dtype", "float32")))  # e.g. bfloat16 weights stay bfloat16
+        self.dtype = getattr(torch, cfg.get("dtype", "float32"))  # e.g. bfloat16 weights stay bfloat16
+        model = model.to(self.dtype)
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         self.model = model.eval()
         self.version = manifest.get("modelVersion", "?")
@@ -76,9 +78,8 @@ class DigitHandler:
     def inference(self, x: torch.Tensor) -> torch.Tensor:
         """One forward pass for the whole batch."""
         assert self.model is not None
-        dtype = next(self.model.parameters()).dtype
         with torch.inference_mode():
-            return self.model(x.to(dtype)).float()
+            return self.model(x.to(self.dtype)).float()
 
     def postprocess(self, logits: torch.Tensor, n_requests: int, errors: dict[int, str]) -> list[Any]:
         """One answer per request, in request order: label, probabilities, version, batch size."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from labkit.bench import Result, Target
 
-__all__ = ["batching_sweep", "grpc_closed_loop", "grpc_latencies", "run"]
+__all__ = ["batching_sweep", "grpc_closed_loop", "run"]
 
 
 def _payloads(n: int) -> list[dict[str, Any]]:
@@ -72,29 +72,32 @@ def _batch_sizes(url: str) -> dict[int, int]:
     return {int(s): int(c) for s, c in re.findall(r'processed_batch_size\{model="[^"]+",size="(\d+)"\} (\d+)', text)}
 
 
+def _predict_requests(model_name: str, n: int) -> list[Any]:
+    """``n`` PredictRequests of one test digit each, built as a client does (``tf.make_tensor_proto``)."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    from labkit.data import load_digits
+
+    x = load_digits().x_test.reshape(-1, 64)
+    out = []
+    for i in range(n):
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = model_name
+        req.inputs["pixels"].CopyFrom(tf.make_tensor_proto(np.asarray(x[i % len(x)][None], np.float32)))
+        out.append(req)
+    return out
+
+
 def grpc_closed_loop(grpc_target: str, model_name: str, concurrency: int, n_requests: int) -> Any:
     """Closed-loop Predict calls (one digit each) with the official stub over ``grpc.aio``: a ``load.LoadResult``."""
     import grpc
-    import numpy as np
-    from tensorflow.core.framework import types_pb2
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     from labkit import load
-    from labkit.data import load_digits
 
-    x = load_digits().x_test.reshape(-1, 64).astype(np.float32)
-
-    def request(i: int) -> Any:
-        req = predict_pb2.PredictRequest()
-        req.model_spec.name = model_name
-        tensor = req.inputs["pixels"]
-        tensor.dtype = types_pb2.DT_FLOAT
-        tensor.tensor_shape.dim.add(size=1)
-        tensor.tensor_shape.dim.add(size=64)
-        tensor.tensor_content = x[i % len(x)].tobytes()
-        return req
-
-    requests = [request(i) for i in range(n_requests)]
+    requests = _predict_requests(model_name, n_requests)
 
     @contextlib.asynccontextmanager
     async def client() -> AsyncIterator[Callable[[int], Awaitable[str | None]]]:
@@ -108,31 +111,6 @@ def grpc_closed_loop(grpc_target: str, model_name: str, concurrency: int, n_requ
             yield call
 
     return load.closed_loop_calls(grpc_target, client, concurrency=concurrency, n_requests=n_requests)
-
-
-def grpc_latencies(grpc_target: str, model_name: str, n: int) -> list[float]:
-    """Sequential gRPC Predict round trips with the official stub, in seconds."""
-    import grpc
-    import numpy as np
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-    from labkit.data import load_digits
-    from labkit.timing import now
-
-    x = load_digits().x_test.reshape(-1, 64)
-    with grpc.insecure_channel(grpc_target) as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        out = []
-        for i in range(n + 5):
-            req = predict_pb2.PredictRequest()
-            req.model_spec.name = model_name
-            req.inputs["pixels"].CopyFrom(tf.make_tensor_proto(np.asarray(x[i % len(x)][None], np.float32)))
-            t0 = now()
-            stub.Predict(req, timeout=10)
-            if i >= 5:
-                out.append(now() - t0)
-    return out
 
 
 BATCH_TIMEOUT_MICROS = 10_000  # as TorchServe's max_batch_delay of 10 ms in its benchmark

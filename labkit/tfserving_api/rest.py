@@ -10,6 +10,7 @@ Errors are ``{"error": "..."}`` with 400 (bad request) or 404 (no such model/ver
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -76,8 +77,6 @@ async def _predict(registry: ModelRegistry, version: int | None, label: str | No
     many requests can be in flight at once for the batcher to merge; without, the model call runs
     in a worker thread so calls overlap as in TF Serving.
     """
-    import asyncio
-
     from starlette.concurrency import run_in_threadpool
 
     servable, key, cast, row_format = _parse(registry, version, label, body)
