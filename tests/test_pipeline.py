@@ -99,6 +99,25 @@ def test_process_stage_error_names_stage(scenes: data.Scenes) -> None:
     assert not _pipeline_threads()
 
 
+@pytest.mark.parametrize("runner", [pipeline.run_sequential, pipeline.run_threads])
+@pytest.mark.parametrize("warmup", [True, False])
+def test_warmup_item_is_untimed_and_dropped(runner, warmup: bool) -> None:
+    seen: list[int] = []
+
+    def build():
+        def double(x: int) -> int:
+            seen.append(x)
+            return 2 * x
+
+        return double
+
+    run = runner([pipeline.Stage("double", build)], [5, 6, 7], warmup=warmup)
+    assert run.outputs == [10, 12, 14]
+    assert seen == ([5, 5, 6, 7] if warmup else [5, 6, 7])  # the warm-up is the first item, once
+    assert sorted(s.item for s in run.timeline.spans) == [0, 1, 2]  # only real items are timed
+    assert len(run.latencies_s) == 3
+
+
 def test_bound_and_replicas() -> None:
     times = {"a": 0.001, "b": 0.004, "c": 0.002}
     assert pipeline.pipeline_bound(times) == pytest.approx(250.0)

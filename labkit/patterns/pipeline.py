@@ -269,9 +269,17 @@ def pipeline_bound(stage_times_s: dict[str, float], replicas: dict[str, int] | N
 # ---------------------------------------------------------------- sequential
 
 
-def run_sequential(stages: Sequence[Stage], items: Iterable[Any]) -> PipelineRun:
-    """Run every stage of one item, then the next item, in this thread (the baseline)."""
+def run_sequential(stages: Sequence[Stage], items: Iterable[Any], warmup: bool = True) -> PipelineRun:
+    """Run every stage of one item, then the next item, in this thread (the baseline).
+
+    With ``warmup`` the first item goes through once, untimed, before the clock starts.
+    """
     fns = [s.build() for s in stages]
+    items = list(items)
+    if warmup and items:
+        x = items[0]
+        for fn in fns:
+            x = fn(x)
     timeline = Timeline()
     outputs, latencies, n = [], [], 0
     t_start = now()
@@ -324,6 +332,15 @@ class _Countdown:
             return self.n == 0
 
 
+def _apply(fn: Callable[[Any], Any], seq: int, payload: Any, sent: float, worker: str, stage: str, timeline: Timeline, hops: list[float]) -> Any:
+    """Run one item through a stage; warm-up items (negative ``seq``) are not timed."""
+    if seq < 0:
+        return fn(payload)
+    hops.append(now() - sent)
+    with timeline.span(worker, stage, item=seq):
+        return fn(payload)
+
+
 def _thread_worker(
     worker: str, stage: str, fn: Callable[[Any], Any], qin: Any, qout: Any, n_next: int, countdown: _Countdown,
     stop: threading.Event, timeline: Timeline, hops: list[float], errors: list[tuple[str, str, BaseException]],
@@ -339,9 +356,7 @@ def _thread_worker(
                         _put(qout, END, stop)
                 return
             seq, payload, sent = env
-            hops.append(now() - sent)
-            with timeline.span(worker, stage, item=seq):
-                result = fn(payload)
+            result = _apply(fn, seq, payload, sent, worker, stage, timeline, hops)
             if not _put(qout, (seq, result, now()), stop):
                 return
     except BaseException as exc:  # noqa: BLE001 — handed to the caller as WorkerFailed
@@ -349,7 +364,15 @@ def _thread_worker(
         stop.set()
 
 
-def _feed(items: Sequence[Any], q: Any, n_first: int, stop: Any, entered: dict[int, float]) -> None:
+def _feed(items: Sequence[Any], q: Any, n_first: int, stop: Any, entered: dict[int, float], warmup: int = 0, warm: threading.Event | None = None) -> None:
+    """Put ``warmup`` untimed copies of the first item, wait until they are out, then every item, then END."""
+    if warmup and items:
+        for k in range(warmup):
+            if not _put(q, (-1 - k, items[0], now()), stop):
+                return
+        while warm is not None and not warm.wait(POLL_S):
+            if stop.is_set():
+                return
     for seq, item in enumerate(items):
         t = now()
         if not _put(q, (seq, item, t), stop):
@@ -359,9 +382,13 @@ def _feed(items: Sequence[Any], q: Any, n_first: int, stop: Any, entered: dict[i
         _put(q, END, stop)
 
 
-def _collect(q: Any, n_items: int, stop: Any, alive: Callable[[], str | None]) -> dict[int, tuple[Any, float]]:
-    """Read results until END; stop early if a worker failed (``alive`` names a dead worker)."""
+def _collect(q: Any, n_items: int, stop: Any, alive: Callable[[], str | None], warmup: int = 0, warm: threading.Event | None = None) -> dict[int, tuple[Any, float]]:
+    """Read results until END; stop early if a worker failed (``alive`` names a dead worker).
+
+    Warm-up results (negative sequence numbers) are dropped; ``warm`` is set when all ``warmup`` are out.
+    """
     done: dict[int, tuple[Any, float]] = {}
+    warmed = 0
     while True:
         try:
             env = q.get(timeout=POLL_S)
@@ -376,7 +403,17 @@ def _collect(q: Any, n_items: int, stop: Any, alive: Callable[[], str | None]) -
         if env == END:
             return done
         seq, result, _ = env
+        if seq < 0:
+            warmed += 1
+            if warm is not None and warmed >= warmup:
+                warm.set()
+            continue
         done[seq] = (result, now())
+
+
+def _warmups(stages: Sequence[Stage], warmup: bool) -> int:
+    """Untimed items to send first: one per replica of the widest stage, so most workers see one."""
+    return max(s.replicas for s in stages) if warmup else 0
 
 
 def _hop_names(stages: Sequence[Stage]) -> list[str]:
@@ -395,8 +432,12 @@ def _finish(strategy: str, items: Sequence[Any], done: dict[int, tuple[Any, floa
     return PipelineRun(strategy, outputs, timeline, latencies, t1 - t0, sum(_size(x) for x in items), hops, startup_s)
 
 
-def run_threads(stages: Sequence[Stage], items: Sequence[Any], queue_depth: int = QUEUE_DEPTH) -> PipelineRun:
+def run_threads(stages: Sequence[Stage], items: Sequence[Any], queue_depth: int = QUEUE_DEPTH, warmup: bool = True) -> PipelineRun:
     """Run the stages in threads (one per replica) linked by bounded queues; outputs in input order.
+
+    With ``warmup`` the first item goes through the workers untimed before the clock starts (as a
+    server warms its models before taking traffic): a worker's first call pays one-off costs
+    (its thread's memory pools, kernel selection) that a throughput figure should not count.
 
     A stage that raises stops every worker, and the caller gets ``WorkerFailed`` naming the stage,
     with the original exception chained. No thread outlives the call.
@@ -424,11 +465,12 @@ def run_threads(stages: Sequence[Stage], items: Sequence[Any], queue_depth: int 
                     raise WorkerFailed(f"stage {stage.name!r} ({worker}, while loading)", exc) from exc
                 args = (worker, stage.name, fn, qs[k], qs[k + 1], n_next, countdown, stop, timeline, hops[hop_names[k]], errors)
                 threads.append(threading.Thread(target=_thread_worker, args=args, name=f"{THREAD_PREFIX}-{worker}", daemon=True))
-        feeder = threading.Thread(target=_feed, args=(items, qs[0], stages[0].replicas, stop, entered), name=f"{THREAD_PREFIX}-source", daemon=True)
+        n_warm, warm = _warmups(stages, warmup), threading.Event()
+        feeder = threading.Thread(target=_feed, args=(items, qs[0], stages[0].replicas, stop, entered, n_warm, warm), name=f"{THREAD_PREFIX}-source", daemon=True)
         threads.append(feeder)
         for t in threads:
             t.start()
-        done = _collect(qs[-1], len(items), stop, lambda: errors[0][0] if errors else None)
+        done = _collect(qs[-1], len(items), stop, lambda: errors[0][0] if errors else None, n_warm, warm)
     finally:
         stop.set()
         for t in threads:
@@ -480,9 +522,7 @@ def _process_worker(
                         _put(qout, END, stop)
                 break
             seq, payload, sent = env
-            hops.append(now() - sent)
-            with timeline.span(worker, stage, item=seq):
-                result = fn(payload)
+            result = _apply(fn, seq, payload, sent, worker, stage, timeline, hops)
             if not _put(qout, (seq, result, now()), stop):
                 break
         report.put(("spans", worker, (timeline.to_dicts(), hops)))
@@ -496,11 +536,11 @@ def _process_worker(
         qout.cancel_join_thread()
 
 
-def run_processes(stages: Sequence[Stage], items: Sequence[Any], queue_depth: int = QUEUE_DEPTH, torch_threads: int = 1, start_timeout_s: float = START_TIMEOUT_S) -> PipelineRun:
+def run_processes(stages: Sequence[Stage], items: Sequence[Any], queue_depth: int = QUEUE_DEPTH, torch_threads: int = 1, start_timeout_s: float = START_TIMEOUT_S, warmup: bool = True) -> PipelineRun:
     """Run the stages in spawned processes (one per replica) linked by ``multiprocessing`` queues.
 
     Start-up (spawn, import torch, load the model) is timed apart, as ``startup_s``; throughput
-    and latency count from the first item. Errors and shutdown behave as in ``run_threads``;
+    and latency count from the first item (after an untimed warm-up item, as in ``run_threads``). Errors and shutdown behave as in ``run_threads``;
     every process is joined (or terminated) before the call returns.
     """
     import multiprocessing as mp
@@ -565,9 +605,10 @@ def run_processes(stages: Sequence[Stage], items: Sequence[Any], queue_depth: in
         startup_s = now() - t_spawn
         done: dict[int, tuple[Any, float]] = {}
         if dead() is None:
-            feeder = threading.Thread(target=_feed, args=(items, qs[0], stages[0].replicas, stop, entered), name=f"{THREAD_PREFIX}-source", daemon=True)
+            n_warm, warm = _warmups(stages, warmup), threading.Event()
+            feeder = threading.Thread(target=_feed, args=(items, qs[0], stages[0].replicas, stop, entered, n_warm, warm), name=f"{THREAD_PREFIX}-source", daemon=True)
             feeder.start()
-            done = _collect(qs[-1], len(items), stop, dead)
+            done = _collect(qs[-1], len(items), stop, dead, n_warm, warm)
             deadline = now() + JOIN_TIMEOUT_S
             while stop.is_set() and not errors and now() < deadline:  # a worker stopped us: await its report
                 drain(POLL_S)
