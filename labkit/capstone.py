@@ -65,6 +65,9 @@ RECOVERY_CONCURRENCY = 4
 KILL_AFTER_S = 0.5
 WARMUP_REQUESTS = 16
 WARMUP_CONCURRENCY = 4
+# A gateway request waits this long for its task: Celery on Redis hands a killed worker's task to
+# another worker only after the visibility timeout (10 s) and its restore poll (measured 10.7-15 s).
+GATEWAY_TIMEOUT_S = 30.0
 SLOW_FACTOR = 5.0  # a request this many times slower than before the kill was disrupted by it
 
 # The seed's opinion table, verbatim: one row per family of options.
@@ -97,7 +100,7 @@ def _flat(x: np.ndarray) -> list[float]:
 
 
 CODECS: dict[str, Codec] = {
-    "gateway": Codec("gateway", lambda x: {"images": [_flat(x)], "model": "cnn", "timeout_s": 15.0}, lambda r: int(r["pred"][0])),
+    "gateway": Codec("gateway", lambda x: {"images": [_flat(x)], "model": "cnn", "timeout_s": GATEWAY_TIMEOUT_S}, lambda r: int(r["pred"][0])),
     "ray-serve": Codec("ray-serve", lambda x: {"x": np.asarray(x, dtype=np.float32).reshape(1, 1, 8, 8).tolist()}, lambda r: int(r["pred"][0])),
     "model-server": Codec("model-server", lambda x: {"inputs": [_flat(x)], "tta": 1}, lambda r: int(r["predictions"][0])),
     "torchserve": Codec("torchserve", lambda x: {"pixels": np.asarray(x, dtype=np.float32).reshape(8, 8).round(4).tolist()}, lambda r: int(r["label"])),

@@ -1,7 +1,7 @@
 """The student edition runs top to bottom with "not done yet" feedback, and solutions filled back
 in make every check pass again. Executed here for notebook 00 (the cheapest), both ways; the
 student edition of every notebook is checked statically in test_exercises.py and executed unsolved
-by `make test` under nbval (written to .cache/student-edition/)."""
+by `make test` under nbval (written to .cache/student-edition/; 00 is left out there, it runs here)."""
 
 from __future__ import annotations
 
