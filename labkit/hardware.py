@@ -24,6 +24,7 @@ __all__ = [
     "describe",
     "device",
     "gpu_count",
+    "keep_freed_memory",
     "matmul_gflops",
     "missing",
     "peak_gflops",
@@ -125,6 +126,31 @@ def threads_limited(n: int) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def keep_freed_memory(threshold_mb: int = 32, keep_mb: int = 1024) -> bool:
+    """Make glibc keep freed memory for reuse instead of returning it to the OS at once (Linux only).
+
+    By default every tensor above ~128 KB gets its own ``mmap`` and its pages are zeroed and faulted in
+    again on each allocation; threads allocating at the same time also contend in the kernel. Here
+    blocks up to ``threshold_mb`` come from malloc's heaps, which keep up to ``keep_mb`` of free space.
+    Measured in ``labkit bench pipeline`` (32 scenes per item, 2 MB activations): the thread pipeline's
+    spread across repeats fell from 0.48-1.58 to 0.82-0.92 of the bound. Returns False where glibc's
+    ``mallopt`` is not available; the setting lasts for the life of the process.
+    """
+    if threshold_mb < 1 or keep_mb < threshold_mb:
+        raise BadInput(f"need 1 <= threshold_mb <= keep_mb, got threshold_mb={threshold_mb}, keep_mb={keep_mb}")
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # <malloc.h>
+    mb = 1 << 20
+    return all(libc.mallopt(k, v) == 1 for k, v in ((m_mmap_threshold, threshold_mb * mb), (m_trim_threshold, keep_mb * mb), (m_top_pad, 64 * mb)))
 
 
 def matmul_gflops(n_threads: int, size: int = MATMUL_SIZE, repeats: int = MATMUL_REPEATS, dtype: str = "float32") -> float:

@@ -66,3 +66,14 @@ def test_import_labkit_is_cheap() -> None:
 def test_describe_mentions_device_and_mode() -> None:
     line = hardware.describe()
     assert "device" in line and "mode" in line and "torch" in line
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
+def test_keep_freed_memory_sets_glibc_and_checks_its_arguments() -> None:
+    code = "from labkit import hardware; print(hardware.keep_freed_memory())"  # a child: the setting lasts for its life
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    assert out == ["True"]
+    with pytest.raises(BadInput, match="threshold_mb"):
+        hardware.keep_freed_memory(threshold_mb=0)
+    with pytest.raises(BadInput, match="keep_mb"):
+        hardware.keep_freed_memory(threshold_mb=64, keep_mb=32)
