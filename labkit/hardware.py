@@ -131,9 +131,10 @@ def threads_limited(n: int) -> Iterator[None]:
 def keep_freed_memory(threshold_mb: int = 32, keep_mb: int = 1024) -> bool:
     """Make glibc keep freed memory for reuse instead of returning it to the OS at once (Linux only).
 
-    By default every tensor above ~128 KB gets its own ``mmap`` and its pages are zeroed and faulted in
-    again on each allocation; threads allocating at the same time also contend in the kernel. Here
-    blocks up to ``threshold_mb`` come from malloc's heaps, which keep up to ``keep_mb`` of free space.
+    By default glibc gives large blocks (from 128 KB; it moves that threshold as blocks are freed) an
+    ``mmap`` of their own and hands freed heap space back to the OS, so a tensor's pages are zeroed and
+    faulted in again and again, and threads allocating at once contend in the kernel. Here blocks up
+    to ``threshold_mb`` come from malloc's heaps, which keep up to ``keep_mb`` of free space.
     Measured in ``labkit bench pipeline`` (32 scenes per item, 2 MB activations): the thread pipeline's
     spread across repeats fell from 0.48-1.58 to 0.82-0.92 of the bound. Returns False where glibc's
     ``mallopt`` is not available; the setting lasts for the life of the process.

@@ -540,8 +540,9 @@ def run_processes(stages: Sequence[Stage], items: Sequence[Any], queue_depth: in
     """Run the stages in spawned processes (one per replica) linked by ``multiprocessing`` queues.
 
     Start-up (spawn, import torch, load the model) is timed apart, as ``startup_s``; throughput
-    and latency count from the first item (after an untimed warm-up item, as in ``run_threads``). Errors and shutdown behave as in ``run_threads``;
-    every process is joined (or terminated) before the call returns.
+    and latency count from the first item, after an untimed warm-up item as in ``run_threads``.
+    Errors and shutdown behave as in ``run_threads``; every process is joined (or terminated)
+    before the call returns.
     """
     import multiprocessing as mp
 
