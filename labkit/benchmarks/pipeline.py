@@ -18,7 +18,7 @@ TARGET_FRACTION = 0.90
 # Scenes per item. Every torch op a stage calls releases and retakes the GIL, and every item crosses
 # two queues: per-item costs that threads sharing 2 cores pay to each other, and that shrink per scene
 # as items grow. Measured here (median ratio of 7 repeats, three runs each, 2 cores): 8 scenes per item
-# 0.70-0.78 × the bound, 32 scenes 0.89-0.92, 64 scenes 0.91-0.94. The price is latency: a scene
+# 0.80-0.83 × the bound, 32 scenes 0.89-0.92, 64 scenes 0.91-0.94. The price is latency: a scene
 # waits for its whole item at every stage.
 MICROBATCH = 64
 
