@@ -17,10 +17,11 @@ __all__ = ["TARGET_FRACTION", "run"]
 TARGET_FRACTION = 0.90
 # Scenes per item. Every torch op a stage calls releases and retakes the GIL, and every item crosses
 # two queues: per-item costs that threads sharing 2 cores pay to each other, and that shrink per scene
-# as items grow. Measured here (median ratio of 7 repeats, three runs each, 2 cores): 8 scenes per item
-# 0.80-0.83 × the bound, 32 scenes 0.89-0.92, 64 scenes 0.91-0.94. The price is latency: a scene
-# waits for its whole item at every stage.
-MICROBATCH = 64
+# as items grow. Measured here (fast mode, median ratio of 7 repeats per run, 2 cores): 8 scenes per
+# item 0.80-0.83 × the bound (3 runs), 32 scenes 0.84-0.92 (6 runs), 64 scenes 0.84-0.94 (5 runs,
+# 3 at or above 0.90), 128 scenes 0.88-0.98 (7 runs, 6 at or above 0.90). The price is latency: a scene
+# waits for its whole item at every stage (p99 ≈ 340 ms at 128).
+MICROBATCH = 128
 
 
 def run(fast: bool = False) -> bench.Result:
@@ -30,9 +31,9 @@ def run(fast: bool = False) -> bench.Result:
     from labkit import data, hardware
     from labkit.patterns import pipeline
 
-    n_scenes = 3840 if fast else 9600  # 120 / 300 items
+    n_scenes = 7680 if fast else 15360  # 60 / 120 items
     repeats = 7 if fast else 9
-    hardware.keep_freed_memory()  # 2 MB activations: no mmap + page faults per op (see its docstring)
+    hardware.keep_freed_memory()  # activations of several MB: no fresh mmap + page faults per op (see its docstring)
     with hardware.threads_limited(1):
         stages = pipeline.scene_stages()
         for stage in stages:  # train or load every model before timing anything
