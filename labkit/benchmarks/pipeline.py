@@ -44,7 +44,7 @@ def run(fast: bool = False) -> bench.Result:
         # This box is shared and noisy: each repeat times the stages alone just before and just after
         # the pipeline run and averages the two, so bound and throughput see the same conditions;
         # the median ratio over the repeats is reported.
-        ratios, runs, bounds, stage_runs = [], [], [], []
+        runs, bounds, stage_runs = [], [], []
         after = pipeline.measure_stages(stages, items, repeats=1)
         for _ in tqdm(range(repeats), desc="bench pipeline", leave=False):
             before = after
@@ -52,10 +52,10 @@ def run(fast: bool = False) -> bench.Result:
             after = pipeline.measure_stages(stages, items, repeats=1)
             stage_s = {k: (before[k] + after[k]) / 2 for k in before}
             bound = pipeline.pipeline_bound(stage_s) * MICROBATCH  # items/s → scenes/s
-            ratios.append(run_.throughput_per_s / bound)
             runs.append(run_)
             bounds.append(bound)
             stage_runs.append(stage_s)
+    ratios = [r.throughput_per_s / b for r, b in zip(runs, bounds)]
     thr = statistics.median(r.throughput_per_s for r in runs)
     bound = statistics.median(bounds)
     stage_s = {k: statistics.median(s[k] for s in stage_runs) for k in stage_runs[0]}
