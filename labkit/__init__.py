@@ -1,7 +1,27 @@
 """labkit: plumbing for the Model Parallel Inference lab.
 
+Layout — one folder per concern (the README's Layout section says the same):
+
+    config, errors      settings from the environment (every LABKIT_* variable); the error tree
+    data, plots         data that ships or is generated; the one plot family
+    models/             every model and how it is trained and cached (digit_nets, vision, tinygpt,
+                        wide: the bf16 timing model, savedmodels: Keras → TF SavedModel)
+    runtime/            the machine and its processes: hardware, process (managed subprocesses,
+                        die-with-parent, pid registry), cache (files on disk)
+    measure/            timing (spans, latency stats), load (closed/open-loop load generation),
+                        capstone (the comparison harness and its report)
+    patterns/           the four patterns + the process pool, runnable (spawned workers live here)
+    apps/               code that runs inside a server process: the Celery tasks, the FastAPI
+                        gateway, the model server, the balancer, the TorchServe handler, the
+                        TF-Serving-API stand-in (tfserving/)
+    services/           start a real component and hand back a handle (url, pid, logs(), stop())
+    kube/               Kubernetes: the HPA controller algorithm, the local emulator, kubectl
+    bench/              ``labkit bench``: the target format and one module per benchmark
+    exercises/          the checks behind each notebook's exercises; the student edition
+    doctor, cli         ``labkit doctor`` and the ``labkit`` command
+
 Importing labkit is cheap and changes nothing: no torch, no service clients, no directories
-created. Import the module you need by name: ``from labkit import hardware, models, timing, plots``.
+created. Import the module you need by name: ``from labkit.runtime import hardware``.
 """
 
 from __future__ import annotations
@@ -10,29 +30,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "apps",
     "bench",
-    "benchmarks",
-    "cache",
-    "capstone",
-    "celery_tasks",
     "config",
     "data",
     "doctor",
     "errors",
     "exercises",
-    "hardware",
-    "hpa",
-    "load",
+    "kube",
+    "measure",
     "models",
     "patterns",
     "plots",
-    "ray_models",
-    "pool",
+    "runtime",
     "services",
-    "tfmodels",
-    "tfserving_api",
-    "timing",
-    "torchserve_handler",
-    "tinygpt",
-    "vision",
 ]

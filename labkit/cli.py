@@ -59,7 +59,7 @@ def services(
     stop_all: bool = typer.Option(False, "--stop-all", help="Stop every process labkit started (by pid)."),
 ) -> None:
     """List (or stop) the servers, brokers and workers labkit started."""
-    from labkit.services import process
+    from labkit.runtime import process
 
     if stop_all:
         stopped = process.stop_all()
@@ -87,7 +87,7 @@ def student(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def tfserving(ctx: typer.Context) -> None:
     """TF-Serving-API server with tensorflow_model_server's flags (--port, --rest_api_port, --model_name, --model_base_path, ...; --help for all)."""
-    from labkit.tfserving_api.main import main as serve
+    from labkit.apps.tfserving.main import main as serve
 
     serve(list(ctx.args))
 

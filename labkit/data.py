@@ -1,7 +1,7 @@
 """Data that ships or is generated: scikit-learn's digits and synthetic "digit scenes".
 
 Nothing is downloaded: the digits (1,797 8×8 images) ship inside scikit-learn, and scenes are
-drawn from them. Used in 00–11.
+drawn from them. Used in 00–14.
 """
 
 from __future__ import annotations

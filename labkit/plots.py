@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from labkit.timing import Timeline
+from labkit.measure.timing import Timeline
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -30,7 +30,7 @@ def need(available: bool, reason: str) -> None:
 @contextmanager
 def nothing_new_left(held: set[int]) -> Iterator[None]:
     """Fail if the block leaves a labkit process it started running (``held``: pids owned by longer-lived fixtures)."""
-    from labkit.services import process
+    from labkit.runtime import process
 
     before = {i["pid"] for i in process.running()}
     yield
@@ -71,7 +71,7 @@ def _started_by_this_session(info: dict) -> bool:  # type: ignore[type-arg]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    from labkit.services import process
+    from labkit.runtime import process
 
     left = [r for r in process.running() if _started_by_this_session(r)]
     if left:

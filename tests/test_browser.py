@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import need
-from labkit.services import process
+
+from labkit.runtime import process
 
 ROOT = Path(__file__).parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "browser"

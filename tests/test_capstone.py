@@ -1,4 +1,4 @@
-"""The capstone harness (notebook 11): adapters, load records, recovery, Pareto front, LOC, table, files."""
+"""The capstone harness (notebook 14): adapters, load records, recovery, Pareto front, LOC, table, files."""
 
 from __future__ import annotations
 
@@ -10,21 +10,23 @@ import numpy as np
 import psutil
 import pytest
 
-from labkit import capstone, data, models
+from labkit import data
 from labkit.errors import BadInput, ServiceUnavailable
-from labkit.exercises import ExerciseFailed, ex11
-from labkit.load import Request
+from labkit.exercises import ExerciseFailed, ex14
+from labkit.measure import capstone
+from labkit.measure.load import Request
+from labkit.models import digit_nets
 
 
 @pytest.fixture(scope="module")
 def digits_and_model():  # type: ignore[no-untyped-def]
     d = data.load_digits()
-    cnn = models.trained(models.TrainConfig(arch="cnn"), progress=False)
-    return d.x_test[:64], d.y_test[:64], cnn, models.predict(cnn, d.x_test[:64])
+    cnn = digit_nets.trained(digit_nets.TrainConfig(arch="cnn"), progress=False)
+    return d.x_test[:64], d.y_test[:64], cnn, digit_nets.predict(cnn, d.x_test[:64])
 
 
 def _in_process(cnn):  # type: ignore[no-untyped-def]
-    return lambda: capstone.Deployed(call=lambda x: int(models.predict(cnn, x[None])[0]), stop=lambda: None, in_process=True, kill_note="n/a")
+    return lambda: capstone.Deployed(call=lambda x: int(digit_nets.predict(cnn, x[None])[0]), stop=lambda: None, in_process=True, kill_note="n/a")
 
 
 def test_closed_loop_calls_records_every_call_and_every_error() -> None:
@@ -72,7 +74,7 @@ def test_wrong_answers_and_start_failures_become_unavailable_rows(digits_and_mod
 
 @pytest.mark.service
 def test_pool_option_kill_breaks_the_pool_and_leaves_nothing(digits_and_model) -> None:  # type: ignore[no-untyped-def]
-    from labkit import pool as lp
+    from labkit.patterns import pool as lp
 
     x, y, cnn, expected = digits_and_model
     pids: list[int] = []
@@ -159,21 +161,21 @@ def test_table_plots_files_and_advice(digits_and_model, tmp_path) -> None:  # ty
 
 def test_exercise_checks() -> None:
     points = {"a": (100.0, 10.0), "b": (200.0, 20.0), "c": (150.0, 30.0)}
-    assert ex11.check_pareto_front(None, points) is False
-    assert ex11.check_pareto_front(["a", "b"], points) is True
+    assert ex14.check_pareto_front(None, points) is False
+    assert ex14.check_pareto_front(["a", "b"], points) is True
     with pytest.raises(ExerciseFailed, match="dominated"):
-        ex11.check_pareto_front(["a", "b", "c"], points)
+        ex14.check_pareto_front(["a", "b", "c"], points)
     loads = {"A": {1: {"throughput_per_s": 100.0, "p99_ms": 10.0}, 8: {"throughput_per_s": 300.0, "p99_ms": 80.0}},
              "B": {1: {"throughput_per_s": 150.0, "p99_ms": 40.0}}}
-    assert ex11.check_budget_choice(None, loads, 50.0) is False
-    assert ex11.check_budget_choice("B", loads, 50.0) is True
-    assert ex11.check_budget_choice("A", loads, 100.0) is True
-    assert ex11.check_budget_choice("none", loads, 5.0) is True
+    assert ex14.check_budget_choice(None, loads, 50.0) is False
+    assert ex14.check_budget_choice("B", loads, 50.0) is True
+    assert ex14.check_budget_choice("A", loads, 100.0) is True
+    assert ex14.check_budget_choice("none", loads, 5.0) is True
     with pytest.raises(ExerciseFailed):
-        ex11.check_budget_choice("A", loads, 50.0)
+        ex14.check_budget_choice("A", loads, 50.0)
 
 
 def test_notebook_sources_count_the_capstone_deploy_cells() -> None:
-    loc = capstone.deploy_loc(capstone.notebook_sources("11_comparison_capstone.ipynb"))
+    loc = capstone.deploy_loc(capstone.notebook_sources("14_comparison_capstone.ipynb"))
     assert len(loc) == 9 and all(n > 0 for n in loc.values()), loc
     assert capstone.notebook_sources("no_such_notebook.ipynb") == []

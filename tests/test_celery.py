@@ -15,12 +15,14 @@ import psutil
 import pytest
 from conftest import need, nothing_new_left
 
-from labkit import celery_tasks as ct
-from labkit import data, models
-from labkit.benchmarks import celery as bench_celery
+from labkit import data
+from labkit.apps import celery_tasks as ct
+from labkit.bench import celery as bench_celery
 from labkit.errors import BadInput
+from labkit.models import digit_nets
+from labkit.runtime import process
 from labkit.services import celery as celery_svc
-from labkit.services import process, rabbitmq, redis
+from labkit.services import rabbitmq, redis
 
 pytestmark = pytest.mark.service
 _held: set[int] = set()  # pids owned by module-scoped fixtures
@@ -90,8 +92,8 @@ def test_models_are_real_and_routed_to_their_queue(redis_stack) -> None:  # type
     out1 = ct.model_1.delay(x).get(timeout=30)
     out2 = ct.model_2.delay(x).get(timeout=30)
     assert out1["model"] == "cnn" and out2["model"] == "mlp"
-    assert out1["pred"] == models.predict(ct.load_models()["cnn"], x_np).tolist()
-    assert out2["pred"] == models.predict(ct.load_models()["mlp"], x_np).tolist()
+    assert out1["pred"] == digit_nets.predict(ct.load_models()["cnn"], x_np).tolist()
+    assert out2["pred"] == digit_nets.predict(ct.load_models()["mlp"], x_np).tolist()
     assert ct.app.amqp.router.route({}, ct.model_1.name)["queue"].name == "cnn"
     assert ct.app.amqp.router.route({}, ct.model_2.name)["queue"].name == "mlp"
 
@@ -107,7 +109,7 @@ def test_chord_ensemble_averages_both_members(redis_stack) -> None:  # type: ign
     x, x_np = _images(16)
     out = ct.ensemble(x).apply_async().get(timeout=30)
     m = ct.load_models()
-    probs = (models.predict_logits(m["cnn"], x_np).softmax(1) + models.predict_logits(m["mlp"], x_np).softmax(1)) / 2
+    probs = (digit_nets.predict_logits(m["cnn"], x_np).softmax(1) + digit_nets.predict_logits(m["mlp"], x_np).softmax(1)) / 2
     assert sorted(out["members"]) == ["cnn", "mlp"]
     assert out["pred"] == probs.argmax(1).tolist()
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit import hpa
 from labkit.errors import BadInput
-from labkit.services import kubectl
+from labkit.kube import hpa, kubectl
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 K8S = DEPLOY / "k8s"
@@ -70,7 +69,7 @@ def test_dockerfile_essentials(dockerfile):
     assert "/healthz" in health and "CMD" in health
     assert dict(dockerfile)["EXPOSE"] == "8000"
     cmd = dict(dockerfile)["CMD"]
-    assert "labkit.services.model_server:app" in cmd and "uvicorn" in cmd and "8000" in cmd
+    assert "labkit.apps.model_server:app" in cmd and "uvicorn" in cmd and "8000" in cmd
     env = " ".join(a for k, a in dockerfile if k == "ENV")
     assert "OMP_NUM_THREADS=1" in env and "LABKIT_MODEL_PATH=" in env
 
@@ -143,12 +142,13 @@ def test_model_server_endpoints_in_process():
 
     import httpx
 
-    from labkit import data, models
-    from labkit.services import model_server
+    from labkit import data
+    from labkit.apps import model_server
+    from labkit.models import digit_nets
 
     digits = data.load_digits()
     x = digits.x_test[:16]
-    expected = models.predict(models.trained(models.TrainConfig(), progress=False), x).tolist()
+    expected = digit_nets.predict(digit_nets.trained(digit_nets.TrainConfig(), progress=False), x).tolist()
 
     async def main() -> None:
         app = model_server.create_app()

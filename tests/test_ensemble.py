@@ -160,7 +160,7 @@ def test_threads_and_processes_match_sequential_and_leave_nothing(bagged) -> Non
 
 
 def test_benchmark_is_registered() -> None:
-    from labkit.benchmarks import ensemble as ensemble_bench
+    from labkit.bench import ensemble as ensemble_bench
 
     assert bench.available()["ensemble"]
     assert ensemble_bench.SPEEDUP_TARGET == 1.85 and ensemble_bench.N_MEMBERS == 2

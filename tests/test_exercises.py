@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from labkit.benchmarks.baseline import SweepPoint
+from labkit.bench.baseline import SweepPoint
 from labkit.errors import BadInput
 from labkit.exercises import ExerciseFailed, ex00, verdict
 from labkit.exercises.student import STUB, make_student_edition, strip_solutions

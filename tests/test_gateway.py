@@ -16,10 +16,13 @@ import psutil
 import pytest
 from conftest import need, nothing_new_left
 
-from labkit import celery_tasks as ct
-from labkit import data, models
+from labkit import data
+from labkit.apps import celery_tasks as ct
+from labkit.apps import gateway as gateway_app
+from labkit.models import digit_nets
+from labkit.runtime import process
 from labkit.services import celery as celery_svc
-from labkit.services import gateway, process, redis
+from labkit.services import gateway, redis
 
 pytestmark = pytest.mark.service
 _held: set[int] = set()
@@ -66,7 +69,7 @@ def test_predict_gives_the_models_answer(gw: gateway.GatewayHandle) -> None:
     for model, arch in (("cnn", "cnn"), ("mlp", "mlp")):
         resp = gw.post("/predict", json={"images": x, "model": model}, timeout=30)
         assert resp.status_code == 200, resp.text
-        assert resp.json()["pred"] == models.predict(ct.load_models()[arch], x_np).tolist()  # type: ignore[arg-type]
+        assert resp.json()["pred"] == digit_nets.predict(ct.load_models()[arch], x_np).tolist()  # type: ignore[arg-type]
     resp = gw.post("/predict", json={"images": x, "model": "ensemble"}, timeout=30)
     assert resp.status_code == 200 and len(resp.json()["pred"]) == 6
     blocking = gw.post("/predict_blocking", json={"images": x, "model": "cnn"}, timeout=30)
@@ -84,7 +87,7 @@ def test_clear_422_413_and_504(gw: gateway.GatewayHandle) -> None:
     assert resp.status_code == 422 and "at least 64" in resp.json()["detail"] and "images.0" in resp.json()["detail"]
     resp = gw.post("/predict", json={"images": x, "model": "gpt"})
     assert resp.status_code == 422 and "model" in resp.json()["detail"]
-    resp = gw.post("/predict", content=b"[" * (gateway.MAX_BODY_BYTES + 10), headers={"content-type": "application/json"})
+    resp = gw.post("/predict", content=b"[" * (gateway_app.MAX_BODY_BYTES + 10), headers={"content-type": "application/json"})
     assert resp.status_code == 413 and "limit" in resp.json()["detail"]
     resp = gw.post("/predict", json={"images": x, "timeout_s": 0.0005}, timeout=30)
     assert resp.status_code == 504

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from labkit import hardware
 from labkit.errors import BadInput, NeedsGPU
+from labkit.runtime import hardware
 
 
 def test_device_auto_and_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,7 +70,7 @@ def test_describe_mentions_device_and_mode() -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
 def test_keep_freed_memory_sets_glibc_and_checks_its_arguments() -> None:
-    code = "from labkit import hardware; print(hardware.keep_freed_memory())"  # a child: the setting lasts for its life
+    code = "from labkit.runtime import hardware; print(hardware.keep_freed_memory())"  # a child: the setting lasts for its life
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout.split()
     assert out == ["True"]
     with pytest.raises(BadInput, match="threshold_mb"):

@@ -1,4 +1,4 @@
-"""labkit.hpa against the documented Kubernetes HPA cases, upstream's rules, and properties."""
+"""labkit.kube.hpa against the documented Kubernetes HPA cases, upstream's rules, and properties."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labkit import hpa
 from labkit.errors import BadInput
-from labkit.hpa import HPA, resource_replicas
+from labkit.kube import hpa
+from labkit.kube.hpa import HPA, resource_replicas
 
 pytestmark = pytest.mark.unit
 

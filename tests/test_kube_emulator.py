@@ -1,4 +1,4 @@
-"""labkit.services.kube: real replicas behind a real balancer, scaling, crash replacement, clean-up."""
+"""labkit.kube.emulator: real replicas behind a real balancer, scaling, crash replacement, clean-up."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import time
 import psutil
 import pytest
 
-from labkit import data, hpa, load, models
-from labkit.services import kube, process
+from labkit import data
+from labkit.kube import emulator, hpa
+from labkit.measure import load
+from labkit.models import digit_nets
+from labkit.runtime import process
 
 pytestmark = pytest.mark.service
 
@@ -18,12 +21,12 @@ pytestmark = pytest.mark.service
 @pytest.fixture(scope="module")
 def digits():
     d = data.load_digits()
-    return d.x_test[:8], models.predict(models.trained(models.TrainConfig(), progress=False), d.x_test[:8]).tolist()
+    return d.x_test[:8], digit_nets.predict(digit_nets.trained(digit_nets.TrainConfig(), progress=False), d.x_test[:8]).tolist()
 
 
 @pytest.fixture(scope="module")
 def deployment():
-    dep = kube.start_deployment(replicas=1, ready_delay_s=0.2)
+    dep = emulator.start_deployment(replicas=1, ready_delay_s=0.2)
     yield dep
     dep.stop()
 
@@ -94,7 +97,7 @@ def test_scale_down_drains_and_stops(deployment):
 
 def test_autoscaler_sync_at_idle(deployment):
     deployment.wait_ready(1)
-    auto = kube.Autoscaler(deployment, hpa.HPA(1, 2, behavior={}), target_utilization=50, time_scale=50)
+    auto = emulator.Autoscaler(deployment, hpa.HPA(1, 2, behavior={}), target_utilization=50, time_scale=50)
     auto.pod_metrics()
     time.sleep(0.5)
     sample = auto.sync()
@@ -118,8 +121,8 @@ def _emulation_of(decisions_replicas, proposals, time_scale=10.0):
     samples = []
     for i, p in enumerate(proposals):
         current = h.step(15.0 * i, current, p)
-        samples.append(kube.Sample(15.0 * i, current, current, 50, p))
-    return kube.Emulation(None, samples, h, [(1.0, 1.0)], time_scale, 50, 0.0)
+        samples.append(emulator.Sample(15.0 * i, current, current, 50, p))
+    return emulator.Emulation(None, samples, h, [(1.0, 1.0)], time_scale, 50, 0.0)
 
 
 def test_emulation_held_interval_and_cost_without_processes():

@@ -7,9 +7,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from labkit import load
 from labkit.errors import BadInput
-from labkit.services import process
+from labkit.measure import load
+from labkit.runtime import process
 
 
 @pytest.fixture(scope="module")

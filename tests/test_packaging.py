@@ -6,10 +6,10 @@ import importlib
 import inspect
 import pkgutil
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 import labkit

@@ -8,10 +8,12 @@ import threading
 import numpy as np
 import pytest
 
-from labkit import data, hardware, vision
+from labkit import data
 from labkit.errors import WorkerFailed
 from labkit.exercises import ExerciseFailed, ex01
+from labkit.models import vision
 from labkit.patterns import pipeline
+from labkit.runtime import hardware
 
 N_SCENES = 24
 

@@ -6,11 +6,12 @@ import numpy as np
 import psutil
 import pytest
 
-from labkit import data, models
-from labkit import pool as lp
+from labkit import data
 from labkit.errors import BadInput, WorkerFailed
 from labkit.exercises import ExerciseFailed, ex05
+from labkit.models import digit_nets
 from labkit.patterns import data_parallel as dp
+from labkit.patterns import pool as lp
 
 N_ITEMS = 2_000
 
@@ -27,8 +28,8 @@ def _children() -> set[int]:
 
 
 def _expected(arch: str) -> np.ndarray:
-    model = models.trained(models.TrainConfig(arch=arch), progress=False)
-    return models.predict(model, dp.make_dataset(N_ITEMS))
+    model = digit_nets.trained(digit_nets.TrainConfig(arch=arch), progress=False)
+    return digit_nets.predict(model, dp.make_dataset(N_ITEMS))
 
 
 def test_models_loaded_once_per_worker_results_in_order() -> None:
@@ -43,7 +44,7 @@ def test_models_loaded_once_per_worker_results_in_order() -> None:
             assert (np.concatenate([o[1] for o in out]) == _expected(arch)).all()
         x = data.load_digits().x_test
         preds, span = pool.executor.submit(lp.classify, "mlp", x).result()
-        assert (preds == models.predict(models.trained(models.TrainConfig(arch="mlp"), progress=False), x)).all()
+        assert (preds == digit_nets.predict(digit_nets.trained(digit_nets.TrainConfig(arch="mlp"), progress=False), x)).all()
         assert span["stage"] == "mlp" and span["end"] >= span["start"]
         # the same pids answered every call: the models were loaded once, by the initializer
         pids = {pool.executor.submit(lp.worker_info).result()["pid"] for _ in range(6)}

@@ -1,4 +1,4 @@
-"""labkit.services.process: ready means ready, stop leaves nothing, children die with their parent."""
+"""labkit.runtime.process: ready means ready, stop leaves nothing, children die with their parent."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from labkit.errors import BadInput, ServiceUnavailable
-from labkit.services import process
+from labkit.runtime import process
 
 SLEEPER = [sys.executable, "-c", "import time, subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"]
 
@@ -94,7 +94,7 @@ def test_children_die_with_their_parent_even_on_sigkill(tmp_path) -> None:  # ty
         textwrap.dedent(
             f"""
             import sys, time
-            from labkit.services import process
+            from labkit.runtime import process
             p = process.start("orphan-check", [sys.executable, "-c", "import time; time.sleep(60)"])
             print(p.pid, flush=True)
             time.sleep(60)

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from labkit import models, ray_models
 from labkit.data import load_digits
 from labkit.exercises import ExerciseFailed, ex07
+from labkit.models import digit_nets, wide
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'ray[serve,data]')")
 # Ray Serve 2.60's config models call pydantic's Field with extra keywords (deprecated in pydantic 2).
@@ -29,16 +29,16 @@ SERVE_PYDANTIC = "ignore:Using extra keyword arguments on `Field` is deprecated:
 
 def test_encode_decode_round_trip() -> None:
     x = load_digits().x_test[:5]
-    back = ray_models.decode(ray_models.encode(x))
+    back = wide.decode(wide.encode(x))
     assert back.shape == (5, 1, 8, 8) and back.dtype == np.float32
     assert np.array_equal(back, x), "the model must see exactly the digits that were sent"
 
 
 def test_wide_model_classifies_digits() -> None:
-    net = ray_models.wide_trained(width=512)
+    net = wide.wide_trained(width=512)
     d = load_digits()
     assert float((net.predict(d.x_test) == d.y_test).mean()) > 0.85
-    assert (net.predict(d.x_test[:7]) == ray_models.wide_trained(width=512).predict(d.x_test[:7])).all(), "deterministic from the seed"
+    assert (net.predict(d.x_test[:7]) == wide.wide_trained(width=512).predict(d.x_test[:7])).all(), "deterministic from the seed"
 
 
 def test_zero_copy_check() -> None:
@@ -79,7 +79,7 @@ def cluster() -> Any:
 
 @pytest.fixture(scope="module")
 def cnn() -> Any:
-    return models.trained(models.TrainConfig(arch="cnn", seed=0), progress=False)
+    return digit_nets.trained(digit_nets.TrainConfig(arch="cnn", seed=0), progress=False)
 
 
 @pytest.mark.service
@@ -88,9 +88,9 @@ def test_task_retried_after_its_worker_is_killed(cluster: Any, cnn: Any, tmp_pat
     def classify(model: Any, batch: np.ndarray, item: int, attempts: str) -> np.ndarray:
         Path(attempts, f"{item}-{os.getpid()}").touch()
         deadline = time.monotonic() + 1.0
-        preds = models.predict(model, batch)
+        preds = digit_nets.predict(model, batch)
         while time.monotonic() < deadline:
-            preds = models.predict(model, batch)
+            preds = digit_nets.predict(model, batch)
         return preds
 
     x = load_digits().x_test[:200]
@@ -103,7 +103,7 @@ def test_task_retried_after_its_worker_is_killed(cluster: Any, cnn: Any, tmp_pat
         time.sleep(0.02)
     os.kill(int(next(tmp_path.glob("0-*")).name.split("-")[1]), signal.SIGKILL)
     got = np.concatenate(ray.get(refs, timeout=120))
-    assert (got == models.predict(cnn, x)).all(), "every shard's result came back, correct"
+    assert (got == digit_nets.predict(cnn, x)).all(), "every shard's result came back, correct"
     assert len(list(tmp_path.glob("0-*"))) >= 2, "shard 0 was retried"
 
 
@@ -112,10 +112,10 @@ def test_actor_restarts_and_retries_its_calls(cluster: Any, cnn: Any) -> None:
     @ray.remote(num_cpus=1, max_restarts=2, max_task_retries=-1)
     class Classifier:
         def __init__(self) -> None:
-            self.model = models.trained(models.TrainConfig(arch="cnn", seed=0), progress=False)
+            self.model = digit_nets.trained(digit_nets.TrainConfig(arch="cnn", seed=0), progress=False)
 
         def predict(self, batch: np.ndarray) -> np.ndarray:
-            return models.predict(self.model, np.resize(batch, (len(batch) * 64, 1, 8, 8)))[: len(batch)]
+            return digit_nets.predict(self.model, np.resize(batch, (len(batch) * 64, 1, 8, 8)))[: len(batch)]
 
         def pid(self) -> int:
             return os.getpid()
@@ -129,7 +129,7 @@ def test_actor_restarts_and_retries_its_calls(cluster: Any, cnn: Any) -> None:
     os.kill(first, signal.SIGKILL)
     results = ray.get(calls, timeout=120)
     assert ray.get(actor.pid.remote()) != first, "the actor was restarted in a new process"
-    lost = sum(not np.array_equal(r, models.predict(cnn, b)) for r, b in zip(results, batches))
+    lost = sum(not np.array_equal(r, digit_nets.predict(cnn, b)) for r, b in zip(results, batches))
     assert len(results) == len(batches) and lost == 0
     ray.kill(actor)
 
@@ -140,31 +140,31 @@ def test_serve_answers_like_the_local_model(cluster: Any, cnn: Any) -> None:
     import httpx
     from ray import serve
 
-    from labkit import load
+    from labkit.measure import load
 
     @serve.deployment(ray_actor_options={"num_cpus": 0.5})
     class Digits:
         def __init__(self) -> None:
-            self.model = models.trained(models.TrainConfig(arch="cnn", seed=0), progress=False)
+            self.model = digit_nets.trained(digit_nets.TrainConfig(arch="cnn", seed=0), progress=False)
 
         @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
         async def predict(self, xs: list[np.ndarray]) -> list[list[int]]:
             sizes = np.cumsum([0, *(len(b) for b in xs)])
-            preds = models.predict(self.model, np.concatenate(xs)).tolist()
+            preds = digit_nets.predict(self.model, np.concatenate(xs)).tolist()
             return [preds[a:b] for a, b in zip(sizes[:-1], sizes[1:])]
 
         async def __call__(self, request: Any) -> dict[str, Any]:
-            return {"pred": await self.predict(ray_models.decode(await request.json()))}
+            return {"pred": await self.predict(wide.decode(await request.json()))}
 
     url = cluster.start_serve()
     assert url.startswith("http://127.0.0.1:")
     serve.run(Digits.bind(), name="digits", route_prefix="/digits")  # type: ignore[attr-defined]
     x = load_digits().x_test[:32]
-    answer = httpx.post(f"{url}/digits", json=ray_models.encode(x), timeout=60).json()
-    assert answer["pred"] == models.predict(cnn, x).tolist()
+    answer = httpx.post(f"{url}/digits", json=wide.encode(x), timeout=60).json()
+    assert answer["pred"] == digit_nets.predict(cnn, x).tolist()
     result = load.closed_loop(
         f"{url}/digits",
-        lambda i: ray_models.encode(x[i % 32 : i % 32 + 1]),
+        lambda i: wide.encode(x[i % 32 : i % 32 + 1]),
         concurrency=8,
         n_requests=48,
         check=lambda r: None if len(r.json()["pred"]) == 1 else "one digit in, one class out",

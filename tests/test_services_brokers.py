@@ -19,7 +19,8 @@ import psutil
 import pytest
 from conftest import need
 
-from labkit.services import process, rabbitmq, redis
+from labkit.runtime import process
+from labkit.services import rabbitmq, redis
 
 pytestmark = pytest.mark.service
 

@@ -6,9 +6,10 @@ import psutil
 import pytest
 import torch
 
-from labkit import timing, tinygpt
 from labkit.errors import BadInput, WorkerFailed
 from labkit.exercises import ExerciseFailed, ex03
+from labkit.measure import timing
+from labkit.models import tinygpt
 from labkit.patterns import sharding
 
 pytestmark = pytest.mark.unit

@@ -13,9 +13,11 @@ import httpx
 import numpy as np
 import pytest
 
-from labkit import data, tfmodels
+from labkit import data
 from labkit.errors import ServiceUnavailable
-from labkit.services import process, tfserving
+from labkit.models import savedmodels
+from labkit.runtime import process
+from labkit.services import tfserving
 
 pytestmark = pytest.mark.service
 X = np.asarray(data.load_digits().x_test).reshape(-1, 64)
@@ -24,7 +26,7 @@ Y = data.load_digits().y_test
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tfmodels.export_versions(tmp_path_factory.mktemp("models"))
+    return savedmodels.export_versions(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +227,7 @@ def test_batcher_never_exceeds_max_batch_size_and_answers_every_request(threads:
 
     import numpy as np
 
-    from labkit.tfserving_api.registry import BatchingParameters, BatchStats, _Batcher
+    from labkit.apps.tfserving.registry import BatchingParameters, BatchStats, _Batcher
 
     calls: list[int] = []
     lock = threading.Lock()

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labkit import timing
 from labkit.errors import BadInput
+from labkit.measure import timing
 
 
 @settings(max_examples=200, deadline=None)

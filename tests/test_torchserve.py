@@ -19,11 +19,12 @@ import psutil
 import pytest
 from conftest import need
 
-from labkit import data, models
+from labkit import data
+from labkit.apps.torchserve_handler import DigitHandler
 from labkit.errors import BadInput
 from labkit.exercises import ExerciseFailed, ex09
+from labkit.models import digit_nets
 from labkit.services import torchserve
-from labkit.torchserve_handler import DigitHandler
 
 METRICS_TEXT = """# HELP ts_inference_requests_total Total number of inference requests.
 # TYPE ts_inference_requests_total counter
@@ -94,7 +95,7 @@ class _Context:
 def test_handler_answers_a_batch_and_rejects_bad_items_alone(tmp_path: Path) -> None:
     import torch
 
-    model = models.trained(models.TrainConfig(**torchserve.VERSIONS["1.0"]), progress=False)
+    model = digit_nets.trained(digit_nets.TrainConfig(**torchserve.VERSIONS["1.0"]), progress=False)
     torch.save(model.state_dict(), tmp_path / "weights.pt")
     (tmp_path / "model_config.json").write_text(json.dumps(torchserve._model_config(model)))
     handler, ctx = DigitHandler(), _Context(tmp_path)
@@ -109,7 +110,7 @@ def test_handler_answers_a_batch_and_rejects_bad_items_alone(tmp_path: Path) -> 
     ]
     out = handler.handle(batch, ctx)
     assert len(out) == 5
-    assert [out[0]["label"], out[2]["label"]] == list(models.predict(model, x[:2]))
+    assert [out[0]["label"], out[2]["label"]] == list(digit_nets.predict(model, x[:2]))
     assert out[0]["batch_size"] == 5 and out[0]["version"] == "1.0"
     assert set(ctx.statuses) == {1, 3, 4} and all(code == 400 for code, _ in ctx.statuses.values())
     assert "shape" in ctx.statuses[1][1]
@@ -150,15 +151,15 @@ def server() -> Iterator[tuple[torchserve.TorchServe, dict[str, Any]]]:
     ok, reason = _server_available()
     need(ok, reason)
     store = torchserve.model_store()
-    v1 = models.trained(models.TrainConfig(**torchserve.VERSIONS["1.0"]), progress=False)
-    v2 = models.trained(models.TrainConfig(**torchserve.VERSIONS["2.0"]), progress=False)
+    v1 = digit_nets.trained(digit_nets.TrainConfig(**torchserve.VERSIONS["1.0"]), progress=False)
+    v2 = digit_nets.trained(digit_nets.TrainConfig(**torchserve.VERSIONS["2.0"]), progress=False)
     mar1 = torchserve.archive("digits", "1.0", v1, store)
     mar2 = torchserve.archive("digits", "2.0", v2, store)
     x = data.load_digits().x_test[:12]
     ts = torchserve.start(store, models={"digits": mar1.name}, probe_image=x[0])
     try:
         ts.register(mar2.name)
-        yield ts, {"x": x, "1.0": models.predict(v1, x), "2.0": models.predict(v2, x), "mar1": mar1.name}
+        yield ts, {"x": x, "1.0": digit_nets.predict(v1, x), "2.0": digit_nets.predict(v2, x), "mar1": mar1.name}
     finally:
         tree = ts.process.tree() if ts.process else []
         ts.stop()

@@ -51,7 +51,7 @@ def check_oversubscription_slowdown(answer: float | None, throughputs: dict[str,
 
 def check_best_batch_size(fn: Callable[[Sequence[Any], float], int] | None) -> bool:
     """Exercise 3: ``fn(sweep, max_latency_ms)`` returns the highest-throughput batch size under the budget."""
-    from labkit.benchmarks.baseline import SweepPoint
+    from labkit.bench.baseline import SweepPoint
 
     hint = "filter points with latency_ms <= max_latency_ms, then take the one with the largest throughput_per_s"
     if fn is None or fn is Ellipsis:

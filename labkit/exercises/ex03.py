@@ -44,7 +44,7 @@ def check_bubble_fraction(answer: Any, n_stages: int = 4, n_microbatches: int = 
 
 def check_gpt3_gpus(answer: Any, dtype: str = "bfloat16") -> bool:
     """★ How many 80 GB GPUs the weights of a 175B-parameter model fill in ``dtype`` (ceil)."""
-    from labkit.tinygpt import DTYPE_BYTES, gpus_needed
+    from labkit.models.tinygpt import DTYPE_BYTES, gpus_needed
 
     right = gpus_needed(GPT3_PARAMS, dtype, GPU_GB)
     problem = None

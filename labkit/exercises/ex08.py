@@ -23,7 +23,7 @@ EXERCISE_TARGET = 50
 
 def check_desired(answer: int | None) -> bool:
     """★ ``answer``: the replicas the HPA proposes for EXERCISE_PODS at EXERCISE_TARGET (current 4)."""
-    from labkit.hpa import resource_replicas
+    from labkit.kube.hpa import resource_replicas
 
     want, _ = resource_replicas(4, EXERCISE_PODS, EXERCISE_TARGET)
     problem = None
@@ -45,7 +45,7 @@ def check_desired(answer: int | None) -> bool:
 def check_behavior(behavior: Mapping[str, Any] | None) -> bool:
     """★★ ``behavior``: scale down at most 1 replica per 60 s, only after 90 s of lower
     recommendations; scale up as fast as the default (1 → 5 in one sync)."""
-    from labkit.hpa import HPA
+    from labkit.kube.hpa import HPA
 
     problem = None
     if behavior is not None:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from labkit.errors import BadInput, WorkerFailed
-from labkit.timing import Span, Timeline, now
+from labkit.measure.timing import Span, Timeline, now
 
 __all__ = [
     "DataParallelRun",
@@ -122,11 +122,12 @@ def serial_fraction(run: DataParallelRun) -> float:
 
 def reference_logits(n_items: int, seed: int = 0, config: Any = None, batch_size: int = BATCH_SIZE) -> np.ndarray:
     """Single-replica, single-thread inference in this process: what every parallel run must equal."""
-    from labkit import hardware, models
+    from labkit.models import digit_nets
+    from labkit.runtime import hardware
 
-    model = models.trained(config or models.TrainConfig(arch="cnn"), progress=False)
+    model = digit_nets.trained(config or digit_nets.TrainConfig(arch="cnn"), progress=False)
     with hardware.threads_limited(1):
-        return models.predict_logits(model, make_dataset(n_items, seed), batch_size).numpy()
+        return digit_nets.predict_logits(model, make_dataset(n_items, seed), batch_size).numpy()
 
 
 # ---------------------------------------------------------------- replica processes
@@ -159,13 +160,13 @@ def _replica_main(rank: int, config: Any, base: np.ndarray, n_items: int, seed: 
     try:
         import torch
 
-        from labkit import models
+        from labkit.models import digit_nets
 
         torch.set_num_threads(n_threads)
         t0 = now()
-        model = models.trained(config, progress=False).to(device).eval()
+        model = digit_nets.trained(config, progress=False).to(device).eval()
         x = make_dataset(n_items, seed, base)
-        outbox.put(("ready", rank, {"pid": os.getpid(), "hash": models.weights_hash(model), "load_s": now() - t0}))
+        outbox.put(("ready", rank, {"pid": os.getpid(), "hash": digit_nets.weights_hash(model), "load_s": now() - t0}))
         while True:
             cmd, job, arg = inbox.get()
             if cmd == "stop":
@@ -229,17 +230,17 @@ class ReplicaPool:
     def __init__(self, n_replicas: int = 2, n_items: int = 20_000, seed: int = 0, config: Any = None, n_threads: int = 1, devices: list[str] | None = None, start_timeout_s: float = START_TIMEOUT_S) -> None:
         import multiprocessing as mp
 
-        from labkit import models
         from labkit.data import load_digits
+        from labkit.models import digit_nets
 
         if n_replicas < 1:
             raise BadInput(f"n_replicas must be at least 1, got {n_replicas}")
         self.n_replicas, self.n_items, self.seed = n_replicas, n_items, seed
-        self.config = config or models.TrainConfig(arch="cnn")
+        self.config = config or digit_nets.TrainConfig(arch="cnn")
         self.devices = devices or ["cpu"] * n_replicas
         if len(self.devices) != n_replicas:
             raise BadInput(f"devices lists {len(self.devices)} entries for {n_replicas} replicas")
-        models.trained(self.config, progress=False)  # train (and cache) once here, never in N replicas at once
+        digit_nets.trained(self.config, progress=False)  # train (and cache) once here, never in N replicas at once
         ctx = mp.get_context("spawn")
         self._work = ctx.Queue()
         self._outbox = ctx.Queue()
@@ -382,7 +383,7 @@ def _rank_main(rank: int, world: int, port: int, backend: str, config: Any, base
     import torch
     import torch.distributed as dist
 
-    from labkit import models
+    from labkit.models import digit_nets
 
     _die_with_parent()
     torch.set_num_threads(1)
@@ -394,12 +395,12 @@ def _rank_main(rank: int, world: int, port: int, backend: str, config: Any, base
     name = f"rank-{rank}"
     tl = Timeline()
     try:
-        model = models.trained(config, progress=False).to(device).eval()
+        model = digit_nets.trained(config, progress=False).to(device).eval()
         with tl.span(name, "broadcast"):
             for tensor in model.state_dict().values():
                 dist.broadcast(tensor, src=0)  # every replica starts from rank 0's weights
         hashes: list[Any] = [None] * world
-        dist.all_gather_object(hashes, models.weights_hash(model))
+        dist.all_gather_object(hashes, digit_nets.weights_hash(model))
         per_rank = -(-n_items // world)
         shard = torch.empty(per_rank, 1, 8, 8, device=device)
         scatter_list = None
@@ -440,14 +441,14 @@ def run_distributed(n_ranks: int = 2, n_items: int = 20_000, backend: str = "glo
     """
     import torch.multiprocessing as tmp
 
-    from labkit import models
     from labkit.data import load_digits
-    from labkit.services.process import free_port
+    from labkit.models import digit_nets
+    from labkit.runtime.process import free_port
 
     if backend not in ("gloo", "nccl"):
         raise BadInput(f"backend must be gloo or nccl, got {backend!r}")
-    config = config or models.TrainConfig(arch="cnn")
-    models.trained(config, progress=False)
+    config = config or digit_nets.TrainConfig(arch="cnn")
+    digit_nets.trained(config, progress=False)
     results = tmp.get_context("spawn").SimpleQueue()
     t0 = now()
     ctx = tmp.start_processes(_rank_main, args=(n_ranks, free_port(), backend, config, load_digits().x_test, n_items, seed, fail_rank, results), nprocs=n_ranks, join=False, start_method="spawn")

@@ -1,7 +1,7 @@
 """Parallel ensembles: members, combining rules, and running members sequentially, in threads or processes.
 
 An ensemble's members are independent at inference time, so they can run side by side; the
-price is resources (every worker process holds torch and its members). Used in 02 and 11.
+price is resources (every worker process holds torch and its members). Used in 02 and 14.
 
     configs = ensemble.bagged_configs(5)               # bootstrap samples, seeds, architectures
     members = ensemble.load_members(configs)           # trained once, cached on disk
@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from labkit.errors import BadInput, WorkerFailed
-from labkit.timing import Span, Timeline, now
+from labkit.measure.timing import Span, Timeline, now
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from labkit.models import TrainConfig
+    from labkit.models.digit_nets import TrainConfig
 
 __all__ = [
     "RULES",
@@ -74,7 +74,7 @@ _TIE_TOL = 1e-9
 
 def bagged_configs(n_members: int, archs: Sequence[str] = ("cnn", "mlp"), epochs: int | None = None) -> list[TrainConfig]:
     """Configs of ``n_members`` bagged members: member i has its own bootstrap sample and seed, arch cycles."""
-    from labkit.models import TrainConfig
+    from labkit.models.digit_nets import TrainConfig
 
     if n_members < 1:
         raise BadInput(f"an ensemble needs at least 1 member, got {n_members}")
@@ -93,9 +93,9 @@ def member_name(config: TrainConfig) -> str:
 
 def load_members(configs: Sequence[TrainConfig], progress: bool = True) -> list[nn.Module]:
     """Trained members for ``configs`` (from labkit's disk cache, or trained now and cached)."""
-    from labkit import models
+    from labkit.models import digit_nets
 
-    return [models.trained(c, progress=progress) for c in configs]
+    return [digit_nets.trained(c, progress=progress) for c in configs]
 
 
 @dataclass
@@ -117,16 +117,16 @@ def samme(
     the examples it got wrong by ``exp(alpha)`` (shrinkage < 1 keeps one round from dominating).
     Training is sequential; inference is a weighted vote of independent members, so parallel.
     """
-    from labkit import models
     from labkit.data import load_digits
+    from labkit.models import digit_nets
 
     digits = load_digits()
     x, y = digits.x_train, digits.y_train
     w = np.full(len(y), 1.0 / len(y))
     out = Boosted([], [], [])
     for m in range(n_rounds):
-        cfg = models.TrainConfig(arch="mlp", hidden=hidden, epochs=epochs, seed=m, sample_weights=tuple(np.round(w * len(w), 12).tolist()))
-        wrong = models.predict(models.trained(cfg, progress=progress), x) != y
+        cfg = digit_nets.TrainConfig(arch="mlp", hidden=hidden, epochs=epochs, seed=m, sample_weights=tuple(np.round(w * len(w), 12).tolist()))
+        wrong = digit_nets.predict(digit_nets.trained(cfg, progress=progress), x) != y
         err = float(np.clip((w * wrong).sum() / w.sum(), 1e-10, 1 - 1e-10))
         alpha = learning_rate * (math.log((1 - err) / err) + math.log(N_CLASSES - 1))
         if alpha <= 0:  # no better than chance: SAMME stops
@@ -253,7 +253,7 @@ def accuracy_vs_members(
 
 
 def _logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
-    from labkit.models import predict_logits
+    from labkit.models.digit_nets import predict_logits
 
     return predict_logits(model, x, batch_size=INFER_BATCH).numpy()
 
@@ -275,7 +275,7 @@ def _add(timeline: Timeline, worker: str, i: int, start: float) -> None:
 
 def run_threads(members: Sequence[nn.Module], x: np.ndarray, n_workers: int = 2, timeline: Timeline | None = None) -> np.ndarray:
     """Run members in a thread pool (torch releases the GIL inside ops); 1 torch thread per worker."""
-    from labkit import hardware
+    from labkit.runtime import hardware
 
     def one(i: int) -> np.ndarray:
         start = now()
@@ -462,7 +462,7 @@ def compare_runners(
     """
     if stat not in ("median", "min"):
         raise BadInput(f"stat must be median or min, got {stat!r}")
-    from labkit import hardware
+    from labkit.runtime import hardware
 
     ids = list(range(len(pool.configs))) if member_ids is None else list(member_ids)
     if len(members) != len(ids):
@@ -492,7 +492,7 @@ def compare_runners(
 
 
 def _with_threads(n: int, fn: Any, *args: Any) -> Any:
-    from labkit import hardware
+    from labkit.runtime import hardware
 
     with hardware.threads_limited(n):
         return fn(*args)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labkit.errors import BadInput, WorkerFailed
-from labkit.timing import LatencyStats, Timeline, latency_stats, now
+from labkit.measure.timing import LatencyStats, Timeline, latency_stats, now
 
 __all__ = [
     "QUEUE_DEPTH",
@@ -142,7 +142,7 @@ def build_denoise() -> Callable[[Any], Any]:
     """Stage 1: load the denoiser; the function maps a (B, 1, 32, 32) batch to its clean version."""
     import torch
 
-    from labkit import vision
+    from labkit.models import vision
 
     model = vision.trained_denoiser(progress=False).to(memory_format=torch.channels_last)  # NHWC: ~2× faster convs on CPU
 
@@ -157,7 +157,7 @@ def build_detect() -> Callable[[Any], Any]:
     """Stage 2: load the detector; the function returns (images, one (k, 4) box array per image)."""
     import torch
 
-    from labkit import vision
+    from labkit.models import vision
 
     model = vision.trained_detector(progress=False).to(memory_format=torch.channels_last)
 
@@ -172,9 +172,9 @@ def build_classify() -> Callable[[Any], Any]:
     """Stage 3: load the DigitCNN; the function returns one (boxes, labels) pair per image."""
     import torch
 
-    from labkit import models, vision
+    from labkit.models import digit_nets, vision
 
-    model = models.trained(models.TrainConfig(), progress=False)
+    model = digit_nets.trained(digit_nets.TrainConfig(), progress=False)
 
     def classify(item: tuple[torch.Tensor, list[Any]]) -> list[tuple[Any, Any]]:
         x, boxes = item

@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from labkit import timing
 from labkit.errors import BadInput, WorkerFailed
-from labkit.tinygpt import GPTConfig, TinyGPT, generate, param_bytes, vocab
+from labkit.measure import timing
+from labkit.models.tinygpt import GPTConfig, TinyGPT, generate, param_bytes, vocab
 
 __all__ = [
     "COLLECTIVE_TIMEOUT_S",
@@ -69,7 +69,7 @@ _spawned: set[int] = set()  # pids of every rank started here, for live_ranks()
 
 def backend_for(world_size: int) -> str:
     """nccl when there is one CUDA GPU per rank, else gloo (CPU)."""
-    from labkit import hardware
+    from labkit.runtime import hardware
 
     return "nccl" if hardware.gpu_count() >= world_size else "gloo"
 
@@ -135,7 +135,7 @@ def run_ranks(
     """
     import torch.multiprocessing as mp
 
-    from labkit.services.process import free_port
+    from labkit.runtime.process import free_port
 
     if world_size < 1:
         raise BadInput(f"world_size must be at least 1, got {world_size}")
@@ -226,7 +226,7 @@ def bubble_fraction(n_stages: int, n_microbatches: int) -> float:
 
 def intra_op_seconds(model: nn.Module, x: torch.Tensor, n_threads: int, repeats: int = 5) -> float:
     """Best time of one forward of ``model`` on ``x`` in this process with ``n_threads`` torch threads."""
-    from labkit import hardware
+    from labkit.runtime import hardware
 
     with hardware.threads_limited(n_threads), torch.inference_mode():
         return _best(timing.measure(lambda: model(x), repeats=repeats, warmup=1))

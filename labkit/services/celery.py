@@ -1,4 +1,4 @@
-"""Celery workers as subprocesses: ``celery -A labkit.celery_tasks worker ...``, ready by ping.
+"""Celery workers as subprocesses: ``celery -A labkit.apps.celery_tasks worker ...``, ready by ping.
 
     workers = celery.start_workers(2, broker_url=r.url, backend_url=r.url)
     ...
@@ -23,11 +23,11 @@ from typing import Any
 
 from labkit import config
 from labkit.errors import BadInput, ServiceUnavailable
-from labkit.services import process
+from labkit.runtime import process
 
 __all__ = ["WorkerHandle", "ping", "resolve_urls", "start", "start_workers", "stop_workers"]
 
-DEFAULT_APP = "labkit.celery_tasks"
+DEFAULT_APP = "labkit.apps.celery_tasks"
 DEFAULT_QUEUES = ("celery", "cnn", "mlp")
 POOLS = ("threads", "solo", "prefork")
 # "threads" -c 1 by default: one process per worker (a SIGKILL takes the whole worker), and no
@@ -174,10 +174,10 @@ def stop_workers(workers: Sequence[WorkerHandle], timeout_s: float = 10.0) -> No
 
 def _prepare_models() -> None:
     """Train/cache the models once here, not in every worker at once."""
-    from labkit import models
+    from labkit.models import digit_nets
 
-    models.trained(models.TrainConfig(arch="cnn"), progress=False)
-    models.trained(models.TrainConfig(arch="mlp"), progress=False)
+    digit_nets.trained(digit_nets.TrainConfig(arch="cnn"), progress=False)
+    digit_nets.trained(digit_nets.TrainConfig(arch="mlp"), progress=False)
 
 
 def _wait(check: Any, timeout_s: float, what: str, proc: Any = None) -> None:
@@ -185,6 +185,6 @@ def _wait(check: Any, timeout_s: float, what: str, proc: Any = None) -> None:
 
 
 def _now() -> float:
-    from labkit.timing import now
+    from labkit.measure.timing import now
 
     return now()

@@ -18,7 +18,7 @@ import tempfile
 
 from labkit import config
 from labkit.errors import ServiceUnavailable
-from labkit.services import process
+from labkit.runtime import process
 
 __all__ = ["RabbitMQHandle", "amqp_ready", "available", "server_script", "start"]
 
@@ -128,6 +128,6 @@ def _port_open(port: int) -> bool:
 
 
 def _now() -> float:
-    from labkit.timing import now
+    from labkit.measure.timing import now
 
     return now()

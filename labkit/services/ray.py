@@ -11,7 +11,7 @@ can prove with psutil that none is left::
         ...
     assert not cluster.leftover()
 
-Used in 07 and 11.
+Used in 07 and 14.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 from labkit import config
 from labkit.errors import ServiceUnavailable
-from labkit.services.process import LOG_TAIL_LINES, Handle, free_port
+from labkit.runtime.process import LOG_TAIL_LINES, Handle, free_port
 
 __all__ = [
     "RAY_PROCESS_MARKERS",
@@ -337,7 +337,7 @@ class ReplicaSampler:
     """Sample a deployment's replica count every ``interval_s`` in a thread: ``t_s`` and ``replicas``.
 
     ``with ReplicaSampler("app", "Digits") as s: load.ramp(...)`` then plot ``s.t_s, s.replicas``;
-    times are seconds on ``labkit.timing.now()``'s clock.
+    times are seconds on ``labkit.measure.timing.now()``'s clock.
     """
 
     def __init__(self, app: str, deployment: str, interval_s: float = 0.5) -> None:
@@ -350,7 +350,7 @@ class ReplicaSampler:
         self._thread = threading.Thread(target=self._run, name="labkit-replicas", daemon=True)
 
     def _run(self) -> None:
-        from labkit.timing import now
+        from labkit.measure.timing import now
 
         while not self._stop.is_set():
             try:

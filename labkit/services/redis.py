@@ -14,7 +14,7 @@ from pathlib import Path
 
 from labkit import config
 from labkit.errors import ServiceUnavailable
-from labkit.services import process
+from labkit.runtime import process
 
 __all__ = ["RedisHandle", "binary", "ping", "start"]
 
@@ -78,6 +78,6 @@ def start(timeout_s: float = 15.0, external: bool = True) -> RedisHandle:
 
 
 def _now() -> float:
-    from labkit.timing import now
+    from labkit.measure.timing import now
 
     return now()

@@ -1,11 +1,11 @@
-"""TensorFlow Serving for notebooks 10 and 11: external, the real binary, or labkit's stand-in.
+"""TensorFlow Serving for notebooks 10 and 14: external, the real binary, or labkit's stand-in.
 
 Order: ``TFSERVING_URL`` set → use that server (REST; gRPC at ``TFSERVING_GRPC`` if set);
 ``tensorflow_model_server`` on PATH → start the real binary; else start labkit's
 protocol-compatible TF-Serving-API server (``labkit tfserving``) as a managed subprocess.
 Ready means a real prediction succeeded.
 
-    with tfserving.start(model_base_path=tfmodels.export_versions()) as tfs:
+    with tfserving.start(model_base_path=savedmodels.export_versions()) as tfs:
         httpx.post(f"{tfs.url}/v1/models/digits:predict", json={"instances": [[0.0] * 64]})
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from labkit import config
 from labkit.errors import BadInput, ServiceUnavailable
-from labkit.services import process
+from labkit.runtime import process
 
 __all__ = ["TFServingHandle", "start"]
 
@@ -74,9 +74,9 @@ def start(
         process.wait_until(lambda: _probe(handle.predict_url()), 30, f"TF Serving at {external}")
         return handle
     if model_base_path is None and model_config_file is None:
-        from labkit import tfmodels
+        from labkit.models import savedmodels
 
-        model_base_path = tfmodels.export_versions(model_name=model_name)
+        model_base_path = savedmodels.export_versions(model_name=model_name)
     rest_port, grpc_port = process.free_ports(2)
     flags = [f"--port={grpc_port}", f"--rest_api_port={rest_port}", f"--file_system_poll_wait_seconds={poll_s:g}"]
     if model_config_file is not None:

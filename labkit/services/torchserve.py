@@ -9,7 +9,7 @@ Ready means a real prediction succeeded, not just ``/ping``: workers that crash-
 pyyaml) still answer ``/ping`` Healthy.
 
     store = torchserve.model_store()
-    torchserve.archive("digits", "1.0", models.trained(), store)
+    torchserve.archive("digits", "1.0", digit_nets.trained(), store)
     with torchserve.start(store, models={"digits": "digits-1.0.mar"}) as ts:
         ts.predict("digits", x_test[0])
 
@@ -21,7 +21,7 @@ leaves it alone; the model store must then be one that server can read.
 because the server binds 127.0.0.1 only. In production keep it on, or keep the management API
 (which can load arbitrary model code) on a private network.
 
-Used in 09 and 11.
+Used in 09 and 14.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 from labkit import config
 from labkit.errors import BadInput, ServiceUnavailable
-from labkit.services import process
+from labkit.runtime import process
 
 __all__ = [
     "HANDLER_PATH",
@@ -62,10 +62,10 @@ __all__ = [
     "write_config",
 ]
 
-HANDLER_PATH = Path(__file__).resolve().parent.parent / "torchserve_handler.py"
+HANDLER_PATH = Path(__file__).resolve().parent.parent / "apps" / "torchserve_handler.py"
 JVM_ARGS = "-Xmx256m -XX:+UseSerialGC -XX:-UsePerfData"
 JVM_ARGS_JAVA24 = "--enable-native-access=ALL-UNNAMED --sun-misc-unsafe-memory-access=allow"
-# Train configs (labkit.models.TrainConfig kwargs) of the two served versions of the digit CNN.
+# Train configs (labkit.models.digit_nets.TrainConfig kwargs) of the two served versions of the digit CNN.
 VERSIONS: dict[str, dict[str, Any]] = {"1.0": {"seed": 0}, "2.0": {"seed": 1, "epochs": 16}}
 # A wide MLP (68 M weights, 134 MB in bfloat16, seeded and untrained: used for timing only): at batch size 1
 # each request streams every weight from memory, so a batch shares that cost — the kind of model
@@ -163,9 +163,9 @@ def wide_mlp() -> Any:
     """The timing model for batching: ``WIDE_MLP``, seeded and untrained, in bfloat16 (its answers mean nothing)."""
     import torch
 
-    from labkit import models
+    from labkit.models import digit_nets
 
-    return models.build(models.TrainConfig(**WIDE_MLP)).to(torch.bfloat16).eval()
+    return digit_nets.build(digit_nets.TrainConfig(**WIDE_MLP)).to(torch.bfloat16).eval()
 
 
 def archive(
@@ -178,7 +178,7 @@ def archive(
 ) -> Path:
     """Write ``model``'s weights and run ``torch-model-archiver``; return the ``NAME-VERSION.mar`` path.
 
-    ``model`` is a ``labkit.models.DigitCNN`` or ``DigitMLP``: its state dict becomes the
+    ``model`` is a ``labkit.models.digit_nets.DigitCNN`` or ``DigitMLP``: its state dict becomes the
     serialized file and its shape goes into ``model_config.json`` (an extra file the handler reads).
     """
     import torch
@@ -213,7 +213,7 @@ def archive(
 
 def _model_config(model: Any) -> dict[str, Any]:
     """What the handler needs to rebuild ``model`` before loading its weights."""
-    from labkit.models import DigitCNN, DigitMLP
+    from labkit.models.digit_nets import DigitCNN, DigitMLP
 
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")  # the handler runs the model in it
     if isinstance(model, DigitCNN):
@@ -504,7 +504,7 @@ def batching_sweep(
 
     from tqdm.auto import tqdm
 
-    from labkit import load
+    from labkit.measure import load
 
     payloads = [digit_payload(x) for x in images]
     rows: list[dict[str, Any]] = []

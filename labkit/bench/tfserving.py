@@ -1,0 +1,151 @@
+"""``labkit bench tfserving``: server-side batching vs none at concurrency 32 (wide timing model).
+
+Both servers run the same SavedModel on the same requests (one 8×8 digit each), one after the
+other in this run, loaded over gRPC (the official ``PredictionServiceStub``, TF Serving's
+high-throughput API: the target) and over REST (JSON, reported beside it). Also reports
+start-to-first-prediction time and the server's RSS. Used in 10, 14.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from labkit.bench import Result, Target
+
+__all__ = ["batching_sweep", "grpc_closed_loop", "run"]
+
+
+def _payloads(n: int) -> list[dict[str, Any]]:
+    from labkit.data import load_digits
+
+    x = load_digits().x_test.reshape(-1, 64)
+    return [{"instances": [x[i % len(x)].tolist()]} for i in range(n)]
+
+
+def batching_sweep(
+    concurrencies: list[int],
+    n_requests: int,
+    max_batch_size: int = 32,
+    batch_timeout_micros: int = 2000,
+    progress: bool = True,
+    model_base_path: Any = None,
+    model_name: str = "digits",
+    grpc: bool = False,
+) -> dict[str, Any]:
+    """Closed-loop load at each concurrency against a server without and with batching.
+
+    REST rows go in ``out[mode]["rows"]``; with ``grpc=True`` the same load over gRPC goes in
+    ``out[mode]["grpc_rows"]``.
+    """
+    from tqdm.auto import tqdm
+
+    from labkit.measure import load
+    from labkit.services import tfserving
+
+    payloads = _payloads(n_requests)
+    out: dict[str, Any] = {}
+    for batching in (False, True):
+        name = "batching" if batching else "no batching"
+        with tfserving.start(model_base_path=model_base_path, model_name=model_name, enable_batching=batching, max_batch_size=max_batch_size, batch_timeout_micros=batch_timeout_micros) as tfs:
+            url = tfs.predict_url()
+            load.closed_loop(url, lambda i: payloads[i], concurrency=4, n_requests=20)  # warm-up
+            rows, grpc_rows = [], []
+            for c in tqdm(concurrencies, desc=name, disable=not progress, leave=False):
+                r = load.closed_loop(url, lambda i: payloads[i], concurrency=c, n_requests=n_requests)
+                rows.append({"concurrency": c, **r.summary(), "latencies_s": r.latencies_s()})
+                if grpc and tfs.grpc_target:
+                    g = grpc_closed_loop(tfs.grpc_target, model_name, concurrency=c, n_requests=n_requests)
+                    grpc_rows.append({"concurrency": c, **g.summary(), "latencies_s": g.latencies_s()})
+            out[name] = {"rows": rows, "grpc_rows": grpc_rows, "startup_s": tfs.started_s, "rss_mb": tfs.rss_mb(), "batch_sizes": _batch_sizes(tfs.url)}
+    return out
+
+
+def _batch_sizes(url: str) -> dict[int, int]:
+    """Batch sizes the server formed, read from its Prometheus metrics."""
+    import re
+
+    import httpx
+
+    text = httpx.get(f"{url}/monitoring/prometheus/metrics", timeout=5).text
+    return {int(s): int(c) for s, c in re.findall(r'processed_batch_size\{model="[^"]+",size="(\d+)"\} (\d+)', text)}
+
+
+def _predict_requests(model_name: str, n: int) -> list[Any]:
+    """``n`` PredictRequests of one test digit each, built as a client does (``tf.make_tensor_proto``)."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    from labkit.data import load_digits
+
+    x = load_digits().x_test.reshape(-1, 64)
+    out = []
+    for i in range(n):
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = model_name
+        req.inputs["pixels"].CopyFrom(tf.make_tensor_proto(np.asarray(x[i % len(x)][None], np.float32)))
+        out.append(req)
+    return out
+
+
+def grpc_closed_loop(grpc_target: str, model_name: str, concurrency: int, n_requests: int) -> Any:
+    """Closed-loop Predict calls (one digit each) with the official stub over ``grpc.aio``: a ``load.LoadResult``."""
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from labkit.measure import load
+
+    requests = _predict_requests(model_name, n_requests)
+
+    @contextlib.asynccontextmanager
+    async def client() -> AsyncIterator[Callable[[int], Awaitable[str | None]]]:
+        async with grpc.aio.insecure_channel(grpc_target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+            async def call(i: int) -> str | None:
+                reply = await stub.Predict(requests[i], timeout=30)
+                return None if reply.outputs else "empty answer"
+
+            yield call
+
+    return load.closed_loop_calls(grpc_target, client, concurrency=concurrency, n_requests=n_requests)
+
+
+BATCH_TIMEOUT_MICROS = 10_000  # as TorchServe's max_batch_delay of 10 ms in its benchmark
+
+
+def run(fast: bool = False) -> Result:
+    """Batching gain at concurrency 32 (target ≥ 3×) on the wide timing model, start-up time and RSS.
+
+    The digit CNN costs ~0.1 ms per call, far less than a request's HTTP work, so batching can't
+    show on it; the wide model's call is mostly fixed cost (reading its weights), like the large
+    models servers batch for. Its answers are not checked (it is untrained, a timing model).
+    """
+    from labkit import config
+    from labkit.models import savedmodels
+
+    n = 320 if fast else 2000
+    wide_dir = savedmodels.export_wide(config.cache_dir("tfserving", "bench"))
+    sweep = batching_sweep([32], n, model_base_path=wide_dir, model_name="wide", batch_timeout_micros=BATCH_TIMEOUT_MICROS, grpc=True)
+    off, on = sweep["no batching"]["grpc_rows"][0], sweep["batching"]["grpc_rows"][0]
+    rest_off, rest_on = sweep["no batching"]["rows"][0], sweep["batching"]["rows"][0]
+    gain = on["throughput_per_s"] / off["throughput_per_s"]
+    model = f"wide MLP {savedmodels.WIDE_SQUARE_LAYERS}×{savedmodels.WIDE_WIDTH}², {savedmodels.WIDE_DTYPE}"
+    return Result(
+        "tfserving",
+        [
+            Target(f"gRPC: batching throughput gain at concurrency 32 ({model})", gain, "×", ">=", 3.0),
+            Target("gRPC: throughput without batching", off["throughput_per_s"], "req/s"),
+            Target("gRPC: throughput with batching", on["throughput_per_s"], "req/s"),
+            Target("gRPC: p99 without batching", off.get("p99_ms", float("nan")), "ms"),
+            Target("gRPC: p99 with batching", on.get("p99_ms", float("nan")), "ms"),
+            Target("REST: batching throughput gain at concurrency 32 (JSON; the Python HTTP client on the same 2 cores caps it)", rest_on["throughput_per_s"] / rest_off["throughput_per_s"], "×"),
+            Target("REST: throughput without batching", rest_off["throughput_per_s"], "req/s"),
+            Target("REST: throughput with batching", rest_on["throughput_per_s"], "req/s"),
+            Target("start to first prediction", sweep["batching"]["startup_s"], "s"),
+            Target("server RSS (process tree)", sweep["batching"]["rss_mb"], "MB"),
+        ],
+        figures={k: {kk: vv for kk, vv in v.items() if not kk.endswith("rows")} | {rows: [{a: b for a, b in r.items() if a != "latencies_s"} for r in v[rows]] for rows in ("rows", "grpc_rows")} for k, v in sweep.items()},
+    )

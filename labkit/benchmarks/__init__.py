@@ -1,1 +1,0 @@
-"""One module per ``labkit bench`` benchmark, each with ``run(fast: bool) -> labkit.bench.Result``."""

@@ -1,0 +1,158 @@
+"""The digit classifier in Keras, exported as TensorFlow SavedModel versions (notebook 10).
+
+``export_versions(base)`` writes ``<base>/digits/1`` and ``<base>/digits/2``: the directory layout
+TensorFlow Serving watches (a folder per model, a numbered folder per version). Training is quick
+and deterministic; the SavedModels are cached under a hash of the config. Used in 10, 14.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from labkit import config
+from labkit.runtime import cache
+
+__all__ = ["CODE_VERSION", "KerasConfig", "export_savedmodel", "export_versions", "export_wide", "silence_tensorflow"]
+
+CODE_VERSION = "tfmodels-1"
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "probabilities"
+
+
+def silence_tensorflow() -> None:
+    """Quiet TensorFlow's C++ start-up logging (must run before tensorflow is imported)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@dataclass(frozen=True)
+class KerasConfig:
+    """What determines one exported version: width of the conv layers, epochs, seed."""
+
+    width: int = 16
+    epochs: int = 8
+    seed: int = 0
+
+
+def _train(cfg: KerasConfig):  # type: ignore[no-untyped-def]
+    silence_tensorflow()
+    import keras
+    import numpy as np
+
+    from labkit.data import load_digits
+
+    keras.utils.set_random_seed(cfg.seed)
+    d = load_digits()
+    x = np.asarray(d.x_train).reshape(-1, 64)
+    inputs = keras.Input((64,), name=INPUT_NAME)
+    h = keras.layers.Reshape((8, 8, 1))(inputs)
+    h = keras.layers.Conv2D(cfg.width, 3, padding="same", activation="relu")(h)
+    h = keras.layers.Conv2D(2 * cfg.width, 3, padding="same", activation="relu")(h)
+    h = keras.layers.MaxPooling2D(2)(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(64, activation="relu")(h)
+    outputs = keras.layers.Dense(10, activation="softmax", name=OUTPUT_NAME)(h)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, np.asarray(d.y_train), epochs=cfg.epochs, batch_size=64, verbose=0, shuffle=True)
+    return model
+
+
+def _write_savedmodel(model, path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Export with a serving_default signature: input ``pixels`` (n, 64), outputs
+    ``probabilities`` (n, 10) and ``classes`` (n,)."""
+    import keras
+    import tensorflow as tf
+
+    def serve(pixels):  # type: ignore[no-untyped-def]
+        probabilities = model(pixels, training=False)
+        return {OUTPUT_NAME: probabilities, "classes": tf.argmax(probabilities, axis=1)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve, input_signature=[tf.TensorSpec((None, 64), tf.float32, name=INPUT_NAME)])
+    archive.write_out(str(path), verbose=False)
+
+
+def export_savedmodel(cfg: KerasConfig, target: Path) -> Path:
+    """Train (or take from the cache) one model and copy its SavedModel to ``target``."""
+    cached = cache.cached_path("tfmodels", "digits", asdict(cfg), CODE_VERSION, suffix="")
+
+    def load(p: Path) -> Path:
+        if not (p / "saved_model.pb").exists():
+            raise FileNotFoundError(p / "saved_model.pb")
+        return p
+
+    def build(p: Path) -> Path:
+        shutil.rmtree(p, ignore_errors=True)
+        tmp = p.with_name(p.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        _write_savedmodel(_train(cfg), tmp)
+        tmp.rename(p)
+        return p
+
+    src, _ = cache.load_or_build(cached, load, build)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(src, target)
+    return target
+
+
+VERSIONS = {1: KerasConfig(width=8, epochs=6), 2: KerasConfig(width=16, epochs=10)}
+
+
+def export_versions(base: str | Path | None = None, model_name: str = "digits", versions: dict[int, KerasConfig] | None = None) -> Path:
+    """Write SavedModel versions under ``<base>/<model_name>/<version>``; return the model's folder.
+
+    Version 1 is a narrower, shorter-trained model; version 2 a wider one.
+    """
+    root = Path(base) if base is not None else config.cache_dir("tfserving")
+    model_dir = root / model_name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for version, cfg in (versions or VERSIONS).items():
+        target = model_dir / str(version)
+        if not (target / "saved_model.pb").exists():
+            export_savedmodel(cfg, target)
+    return model_dir
+
+
+WIDE_WIDTH = 8192
+WIDE_DTYPE = "bfloat16"  # the wide layers' weights and arithmetic, as large models are served
+WIDE_SQUARE_LAYERS = 2  # width × width layers (128 MB each at 8192 in bfloat16)
+
+
+def export_wide(base: str | Path | None = None, model_name: str = "wide", width: int = WIDE_WIDTH, seed: int = 0) -> Path:
+    """Write a seeded, untrained wide MLP (64 → width → width → width → 10) as version 1 of ``model_name``.
+
+    A timing model for batching: its two width × width layers are stored and run in bfloat16
+    (256 MB at 8192). At batch size 1 a call mostly reads those weights; a batch of 32 reads them once and runs
+    on the CPU's bf16 matrix units, so merging requests into one call saves most of the work. It is
+    never trained and its answers mean nothing; the digit CNN is the model whose answers are checked.
+    """
+    root = Path(base) if base is not None else config.cache_dir("tfserving")
+    target = root / model_name / "1"
+    cached = cache.cached_path("tfmodels", "wide", {"width": width, "seed": seed, "dtype": WIDE_DTYPE, "square_layers": WIDE_SQUARE_LAYERS}, CODE_VERSION, suffix="")
+    if not (cached / "saved_model.pb").exists():
+        silence_tensorflow()
+        import keras
+
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((64,), name=INPUT_NAME)
+        h = keras.layers.Dense(width, activation="relu", dtype=WIDE_DTYPE)(inputs)
+        for _ in range(WIDE_SQUARE_LAYERS):
+            h = keras.layers.Dense(width, activation="relu", dtype=WIDE_DTYPE)(h)
+        outputs = keras.layers.Dense(10, activation="softmax", name=OUTPUT_NAME)(h)
+        tmp = cached.with_name(cached.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        _write_savedmodel(keras.Model(inputs, outputs), tmp)
+        shutil.rmtree(cached, ignore_errors=True)
+        tmp.rename(cached)
+    stamp = target / "labkit-source.txt"  # which cached export this copy is: a stale copy is replaced
+    if not (stamp.exists() and stamp.read_text() == cached.name):
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(cached, target)
+        stamp.write_text(cached.name)
+    return target.parent

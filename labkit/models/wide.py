@@ -1,0 +1,108 @@
+"""Model plumbing for the Ray notebook: a wide digit model whose cost per call is mostly fixed.
+
+The digit CNN is so small that one request costs ~0.1 ms of model time: Serve's own per-request
+work dominates and batching requests barely helps. Batching pays when one call's cost is mostly
+*fixed* — reading big weights from memory (an LLM decode step), a GPU kernel launch. ``WideDigitNet``
+makes that visible on a CPU: two fixed random ReLU layers (``width`` wide; the second is
+width × width, 128 MB at width 8192) and a readout trained in closed form (ridge regression, a
+"random-feature network"). The big layers are stored and run in **bfloat16**, as large models are
+served: a batch of 1 is a matrix-vector product that only reads the weights, a batch of 32 reads
+them once too and runs on the CPU's bf16 matrix units, so per request it is many times cheaper
+(in fp32 the CPU's arithmetic, not memory, would dominate a batch). It classifies the digits at ~97 %.
+
+    model = wide.wide_trained(width=4096)
+    preds = model.predict(x)                       # x: (N, 1, 8, 8) float32
+
+Also: ``encode``/``decode`` for JSON request bodies. Used in 07 and ``labkit bench ray``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from labkit.runtime import cache
+
+__all__ = ["WideDigitNet", "decode", "encode", "wide_trained"]
+
+CODE_VERSION = "wide-2-bf16"
+N_FIT = 600  # training examples used to fit the readout (closed form, seconds)
+RIDGE = 1e-2
+DTYPE_NAME = "bfloat16"  # storage and compute type of the two wide layers (the readout is fp32)
+
+
+@dataclass
+class WideDigitNet:
+    """Random wide features + a trained linear readout; ``predict`` takes (N, 1, 8, 8) float32."""
+
+    width: int
+    seed: int
+    readout: np.ndarray  # (width, 10)
+
+    def __post_init__(self) -> None:
+        import torch
+
+        dtype = getattr(torch, DTYPE_NAME)
+        g = torch.Generator().manual_seed(self.seed)
+        self.w1 = (torch.randn(64, self.width, generator=g) / 8.0).to(dtype)
+        self.w2 = (torch.randn(self.width, self.width, generator=g) / self.width**0.5).to(dtype)
+        self.wo = torch.as_tensor(self.readout, dtype=torch.float32)
+
+    def features(self, x: Any) -> Any:
+        import torch
+
+        dtype = self.w2.dtype
+        xs = torch.from_numpy(np.array(x, dtype=np.float32)).reshape(len(x), -1).to(dtype)
+        return torch.relu(torch.relu(xs @ self.w1) @ self.w2).float()
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Predicted classes for a batch of digits."""
+        import torch
+
+        with torch.inference_mode():
+            return (self.features(x) @ self.wo).argmax(dim=1).numpy()
+
+    @property
+    def weights_mb(self) -> float:
+        return sum(w.numel() * w.element_size() for w in (self.w1, self.w2, self.wo)) / 2**20
+
+
+def wide_trained(width: int = 4096, seed: int = 0) -> WideDigitNet:
+    """Return a ``WideDigitNet``; its readout is fitted once and cached on disk (weights regrow from ``seed``)."""
+    import torch
+
+    from labkit.data import load_digits
+
+    path = cache.cached_path("models", "wide-digit", {"width": width, "seed": seed, "n_fit": N_FIT, "ridge": RIDGE}, CODE_VERSION, ".npy")
+
+    def load(p: Any) -> WideDigitNet:
+        return WideDigitNet(width, seed, np.load(p))
+
+    def build(p: Any) -> WideDigitNet:
+        net = WideDigitNet(width, seed, np.zeros((width, 10), np.float32))
+        d = load_digits()
+        with torch.inference_mode():
+            h = net.features(d.x_train[:N_FIT])
+            y = torch.nn.functional.one_hot(torch.as_tensor(np.array(d.y_train[:N_FIT])), 10).float()
+            k = h @ h.T
+            alpha = torch.linalg.solve(k + RIDGE * k.diagonal().mean() * torch.eye(len(k)), y)
+            readout = (h.T @ alpha).numpy().astype(np.float32)
+        tmp = p.with_suffix(".tmp.npy")
+        np.save(tmp, readout)
+        tmp.replace(p)
+        return WideDigitNet(width, seed, readout)
+
+    net, _ = cache.load_or_build(path, load, build)
+    return net
+
+
+def encode(x: np.ndarray) -> dict[str, Any]:
+    """A JSON body for a batch of digits: ``{"x": nested lists}`` (exact: float32 survives JSON)."""
+    return {"x": np.asarray(x, dtype=np.float32).tolist()}
+
+
+def decode(body: dict[str, Any]) -> np.ndarray:
+    """The digits of a JSON body as a float32 array shaped (N, 1, 8, 8)."""
+    return np.asarray(body["x"], dtype=np.float32).reshape(-1, 1, 8, 8)
