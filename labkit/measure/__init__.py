@@ -1,5 +1,6 @@
 """Measuring: timing (spans, timelines, latency statistics), load (bounded closed- and open-loop
-load generation), capstone (the comparison harness of 14 and its report).
+load generation), probe (was the machine busy?), verdicts (conclusions printed from the run),
+capstone (the comparison harness of 14 and its report).
 """
 
 from __future__ import annotations

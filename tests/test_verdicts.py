@@ -1,0 +1,57 @@
+"""Computed verdicts and the contention probe: a ✅ only when the printed numbers satisfy the printed condition."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from labkit.errors import BadInput
+from labkit.measure import probe, verdicts
+
+
+def _printed(line: str) -> tuple[float, str, float]:
+    m = re.search(r"measured (-?[\d,.]+)\S* \(expected (≥|≤|>|<) (-?[\d,.]+)", line)
+    assert m, line
+    return float(m[1].replace(",", "")), m[2], float(m[3].replace(",", ""))
+
+
+@given(st.floats(-1e6, 1e6, allow_nan=False), st.floats(-1e6, 1e6, allow_nan=False), st.sampled_from([">=", "<=", ">", "<"]), st.integers(0, 3))
+def test_a_tick_only_when_the_printed_numbers_satisfy_the_printed_condition(value: float, bound: float, op: str, digits: int) -> None:
+    v = verdicts.check("claim", value, op, bound, digits=digits, cause="test", show=False)
+    shown, symbol, shown_bound = _printed(str(v))
+    holds = {"≥": shown >= shown_bound, "≤": shown <= shown_bound, ">": shown > shown_bound, "<": shown < shown_bound}[symbol]
+    assert bool(v) == holds
+    assert str(v).startswith("✅" if holds else "⚠️")
+
+
+def test_failed_verdict_names_the_probe_cause_or_says_the_machine_was_idle(capsys: pytest.CaptureFixture[str]) -> None:
+    busy = probe.ProbeReport(start_s=1e-3, end_s=2e-3, load_start=3.5, load_end=3.9, usable_cores=2, cpu_count=2)
+    assert busy.busy() and "load average 3.9 on 2 usable cores" in (busy.cause() or "") and "2.00× slower" in (busy.cause() or "")
+    probe._LAST[:] = [busy]
+    line = str(verdicts.check("fast enough", 1.0, ">=", 2.0, unit="×"))
+    assert line.startswith("⚠️") and "load average 3.9" in line and capsys.readouterr().out.strip() == line
+    probe._LAST[:] = [probe.ProbeReport(1e-3, 1e-3, 0.2, 0.3, 2, 2)]
+    assert verdicts.IDLE_CAUSE in str(verdicts.check("fast enough", 1.0, ">=", 2.0, show=False))
+    assert "given cause" in str(verdicts.check("x", 1.0, ">=", 2.0, cause="given cause", show=False))
+
+
+def test_nan_never_holds_and_bad_arguments_are_refused() -> None:
+    assert not verdicts.check("x", float("nan"), ">=", 0.0, cause="c", show=False)
+    assert not verdicts.within("x", float("nan"), 0.0, 1.0, cause="c", show=False)
+    assert verdicts.within("x", 0.5, 0.0, 1.0, show=False)
+    with pytest.raises(BadInput):
+        verdicts.check("x", 1.0, "==", 1.0)
+    with pytest.raises(BadInput):
+        verdicts.within("x", 1.0, 2.0, 1.0)
+
+
+def test_probe_measures_this_machine() -> None:
+    p = probe.start()
+    report = p.finish()
+    assert report.start_s > 0 and report.end_s and report.end_s > 0
+    assert 1 <= report.usable_cores <= report.cpu_count
+    assert probe.last() is report and report.line().startswith(("✅", "⚠️"))
+    assert set(report.as_dict()) >= {"slowdown", "busy", "cause", "usable_cores"}
