@@ -234,3 +234,23 @@ def test_batch_sweep_runs_in_the_models_dtype() -> None:
     assert digit_nets.flops_per_sample(half) == flops > 0
     [point] = baseline.batch_sweep(half, [16], repeats=2, threads=1, progress=False)
     assert point.batch_size == 16 and point.gflops > 0
+
+
+def test_readme_and_docstring_give_the_same_one_line_device_command() -> None:
+    import labkit.gpu_check as gc
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Running on a GPU") :]
+    command = re.search(r"```\n(python3 -m pip install [^\n]+)\n```", section)
+    assert command is not None, "the README's 'Running on a GPU' section shows the device command"
+    assert command.group(1) in (gc.__doc__ or "")
+    line = command.group(1)
+    assert "--no-index" in line and "--target /tmp/site .gpu-wheels/*.whl" in line and "python3 -m labkit.gpu_check --out" in line
+
+
+def test_make_gpu_wheels_downloads_cp312_manylinux_binaries_only() -> None:
+    out = subprocess.run(["make", "-n", "gpu-wheels"], capture_output=True, text=True, cwd=REPO, timeout=30)
+    assert out.returncode == 0, out.stderr
+    for arg in ("--python-version 3.12", "--only-binary=:all:", "--no-deps", "--platform manylinux2014_x86_64", "-m labkit.gpu_check --needs", "-d \".gpu-wheels\""):
+        assert arg in out.stdout, arg
+    assert ".gpu-wheels/" in (REPO / ".gitignore").read_text().splitlines()

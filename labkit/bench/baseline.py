@@ -25,7 +25,7 @@ OVERSUB_BATCH = 256
 GPU_BATCHES = (1024, 16384, 131072)  # digit images per batch on a GPU (8×8 images: large batches to fill it)
 # Share of test images the GPU copy classifies as the CPU model does (cuDNN may use tf32 convolutions
 # in "float32"; bfloat16 keeps 8 mantissa bits, so a few borderline images may flip).
-AGREEMENT_TARGET = {"float32": 0.999, "bfloat16": 0.98}
+AGREEMENT_TARGET = {"float32": 0.995, "bfloat16": 0.98}  # of the 360 test images: at most 1 and 7 flips
 OVERSUB_SECONDS = 1.5
 WORKER_TIMEOUT_S = 120.0
 

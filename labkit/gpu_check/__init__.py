@@ -13,7 +13,7 @@ with no Jupyter, bring the wheels ``--needs`` prints (``make gpu-wheels`` fetche
 ``.gpu-wheels/``) and unpack them on the command line; with some missing, the steps that need
 them are skipped with the reason. The one command, from the repository root on the GPU machine::
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu-wheels/*.whl && PYTHONPATH=/tmp/site python3 -m labkit.gpu_check --out "$OUT"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu-wheels/*.whl && PYTHONPATH=/tmp/site python3 -m labkit.gpu_check --out "${OUT:-gpu-report}"
 
 Exit code 0: every step passed, missed a benchmark target or was skipped with its reason; 1: a
 step failed; 2: bad arguments, or no CUDA. Used in the README's "Running on a GPU".

@@ -171,6 +171,7 @@ def _replica_main(rank: int, config: Any, base: np.ndarray, n_items: int, seed: 
         model = digit_nets.trained(config, progress=False).to(device).eval()
         x = torch.from_numpy(make_dataset(n_items, seed, base))
         if torch.device(device).type == "cuda":
+            hardware.use_ieee_float32()  # logits equal the CPU replica's to float32 rounding
             x = hardware.pinned(x)  # pinned once: every batch then copies to the GPU asynchronously
         outbox.put(("ready", rank, {"pid": os.getpid(), "hash": digit_nets.weights_hash(model), "load_s": now() - t0}))
         while True:
@@ -396,7 +397,10 @@ def _rank_main(rank: int, world: int, port: int, backend: str, config: Any, base
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     device = f"cuda:{rank}" if backend == "nccl" else "cpu"
     if backend == "nccl":
+        from labkit.runtime import hardware
+
         torch.cuda.set_device(rank)
+        hardware.use_ieee_float32()  # the gathered logits are compared with one CPU replica's
     dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=60))
     name = f"rank-{rank}"
     tl = Timeline()

@@ -90,7 +90,10 @@ def _rank_main(rank: int, worker: Callable[..., Any], world_size: int, backend: 
     torch.set_num_threads(1)
     device = torch.device(f"cuda:{rank}") if backend == "nccl" else torch.device("cpu")
     if device.type == "cuda":
+        from labkit.runtime import hardware
+
         torch.cuda.set_device(device)
+        hardware.use_ieee_float32()  # sharded logits are compared with the unsharded CPU model's
     dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     try:
         result = worker(rank, world_size, device, *args)

@@ -35,6 +35,7 @@ __all__ = [
     "set_threads",
     "threads",
     "threads_limited",
+    "use_ieee_float32",
 ]
 
 MATMUL_SIZE = 1024
@@ -216,6 +217,20 @@ def pinned(x: torch.Tensor) -> torch.Tensor:
     if x.device.type != "cpu" or not gpu_count() or x.is_pinned():
         return x
     return x.pin_memory()
+
+
+def use_ieee_float32() -> None:
+    """Make float32 convolutions and matmuls on CUDA compute in IEEE float32 in this process (no tf32).
+
+    cuDNN runs float32 convolutions on the tf32 matrix units by default (10 mantissa bits), so a
+    GPU replica's logits differ from the CPU's by ~1e-3; in IEEE float32 they agree to ~1e-6, which
+    is what the lab's "same result as one replica" checks compare. For worker processes (replicas,
+    ranks) whose results are checked against the CPU; costs nothing measurable on the lab's models.
+    """
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def peak_gflops(thread_counts: Sequence[int] | None = None, size: int = MATMUL_SIZE, repeats: int = MATMUL_REPEATS) -> dict[int, float]:
