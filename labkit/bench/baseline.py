@@ -67,7 +67,7 @@ def batch_sweep(model: Any, batch_sizes: Sequence[int], repeats: int = 10, threa
     return out
 
 
-def gpu_figures(model: Any, fast: bool) -> tuple[list[Target], dict[str, Any]]:
+def gpu_figures(model: Any, fast: bool, device: str = "cuda", batch_sizes: Sequence[int] | None = None) -> tuple[list[Target], dict[str, Any]]:
     """On a CUDA GPU: peak matmul TFLOP/s (fp32, tf32, bf16), the digit CNN's achieved TFLOP/s there
     in fp32 and bf16 at its best batch, each over its peak, and whether it predicts what the CPU does."""
     import copy
@@ -78,18 +78,19 @@ def gpu_figures(model: Any, fast: bool) -> tuple[list[Target], dict[str, Any]]:
     from labkit.models import digit_nets
     from labkit.runtime import hardware
 
-    dev = torch.device("cuda")
-    name = torch.cuda.get_device_name(dev)
-    peaks = hardware.gpu_peak_tflops(repeats=3 if fast else 5)
+    dev = torch.device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
+    peaks = hardware.gpu_peak_tflops(device, repeats=3 if fast else 5)
+    sizes = tuple(batch_sizes or (GPU_BATCHES if fast else (*GPU_BATCHES, 4 * GPU_BATCHES[-1])))
     targets = [Target(f"peak {k} matmul, {name}", v, "TFLOP/s") for k, v in peaks.items()]
     figures: dict[str, Any] = {"gpu": name, "gpu_peak_tflops": peaks}
-    x_test = torch.from_numpy(load_digits().x_test)
+    x_test = torch.tensor(load_digits().x_test)  # a copy: the cached array is read-only
     cpu_pred = digit_nets.predict(model, x_test)
     for dtype in ("float32", "bfloat16"):
         if dtype not in peaks:
             continue
         gpu_model = copy.deepcopy(model).to(dev, getattr(torch, dtype)).eval()
-        sweep = batch_sweep(gpu_model, GPU_BATCHES if fast else (*GPU_BATCHES, 4 * GPU_BATCHES[-1]), repeats=5 if fast else 20, progress=False)
+        sweep = batch_sweep(gpu_model, sizes, repeats=5 if fast else 20, progress=False)
         best = max(sweep, key=lambda p: p.gflops)
         agree = float((digit_nets.predict(gpu_model, x_test.to(getattr(torch, dtype))) == cpu_pred).mean())
         targets += [

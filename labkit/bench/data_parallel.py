@@ -15,7 +15,7 @@ import numpy as np
 from labkit import bench
 from labkit.patterns import data_parallel as dp
 
-__all__ = ["run"]
+__all__ = ["device_replica", "run"]
 
 EFFICIENCY_TARGET = 0.90
 MAX_DIFF_TARGET = 1e-5
@@ -48,7 +48,9 @@ def run(fast: bool = False, n_replicas: int = 2) -> bench.Result:
     max_diff = max(float(np.abs(r.logits - reference).max()) for r in runs)
     t1, tn, tq = min(one), min(many), min(queued)
     s = min(dp.serial_fraction(r) for r in runs if r.n_replicas == 1)
-    gpu_targets, gpu_figures = _one_gpu_replica(n_items, reference, t1, repeats)
+    from labkit.runtime import hardware
+
+    gpu_targets, gpu_figures = device_replica(n_items, reference, t1, repeats) if hardware.gpu_count() else ([], {})
     return bench.Result(
         name="data-parallel",
         targets=[
@@ -65,20 +67,16 @@ def run(fast: bool = False, n_replicas: int = 2) -> bench.Result:
     )
 
 
-def _one_gpu_replica(n_items: int, reference: np.ndarray, cpu_s: float, repeats: int) -> tuple[list[bench.Target], dict[str, object]]:
-    """Where a CUDA GPU exists: one replica on cuda:0 (its input pinned once, copied asynchronously)
-    against the single CPU replica, and how far its logits are from the CPU's (IEEE float32 on both)."""
-    from labkit.runtime import hardware
-
-    if not hardware.gpu_count():
-        return [], {}
-    with dp.ReplicaPool(n_replicas=1, n_items=n_items, devices=["cuda:0"]) as pool:
+def device_replica(n_items: int, reference: np.ndarray, cpu_s: float, repeats: int, device: str = "cuda:0") -> tuple[list[bench.Target], dict[str, object]]:
+    """One replica on ``device`` (on a GPU: its input pinned once, copied asynchronously) against
+    the single CPU replica's ``cpu_s``, and how far its logits are from ``reference`` (the CPU's)."""
+    with dp.ReplicaPool(n_replicas=1, n_items=n_items, devices=[device]) as pool:
         pool.run_static()  # warm-up: CUDA context, cuDNN's choice of convolution kernels
         runs = [pool.run_static() for _ in range(repeats)]
     best = min(r.wall_s for r in runs)
     diff = max(float(np.abs(r.logits - reference).max()) for r in runs)
     targets = [
-        bench.Target("1 replica on cuda:0: max |logits - CPU replica|", diff, "", "<=", GPU_MAX_DIFF_TARGET),
-        bench.Target("1 replica on cuda:0 speedup over 1 CPU replica (1 thread)", cpu_s / best, "×"),
+        bench.Target(f"1 replica on {device}: max |logits - CPU replica|", diff, "", "<=", GPU_MAX_DIFF_TARGET),
+        bench.Target(f"1 replica on {device} speedup over 1 CPU replica (1 thread)", cpu_s / best, "×"),
     ]
     return targets, {"gpu_replica_s": [r.wall_s for r in runs]}

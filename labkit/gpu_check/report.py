@@ -137,7 +137,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [f"**{s['passed']} passed, {s['missed']} missed a target, {s['failed']} failed, {s['skipped']} skipped.**", ""]
     lines += ["## Steps", "", "| step | status | seconds (budget) | what | reason |", "|---|---|---|---|---|"]
     for st in report["steps"]:
-        secs = f"{st['elapsed_s']:.0f} ({st['budget_s']:.0f})" if st["status"] != "skipped" else f"– ({st['budget_s']:.0f})"
+        over = " ⚠️ over budget" if st["status"] != "skipped" and st["elapsed_s"] > st["budget_s"] else ""
+        secs = f"{st['elapsed_s']:.0f} ({st['budget_s']:.0f}){over}" if st["status"] != "skipped" else f"– ({st['budget_s']:.0f})"
         reason = (st["reason"] or "").replace("|", "\\|")
         lines.append(f"| {st['name']} | {st['status']} | {secs} | {st['what']} | {reason} |")
     w = report["wheels"]

@@ -163,11 +163,10 @@ def _replica_main(rank: int, config: Any, base: np.ndarray, n_items: int, seed: 
         import torch
 
         from labkit.models import digit_nets
+        from labkit.runtime import hardware
 
         torch.set_num_threads(n_threads)
         t0 = now()
-        from labkit.runtime import hardware
-
         model = digit_nets.trained(config, progress=False).to(device).eval()
         x = torch.from_numpy(make_dataset(n_items, seed, base))
         if torch.device(device).type == "cuda":
