@@ -18,6 +18,7 @@ import psutil
 import pytest
 import torch
 
+from labkit import bench
 from labkit.gpu_check import check, report, steps, wheels
 
 REPO = Path(__file__).resolve().parent.parent
@@ -165,6 +166,14 @@ def test_step_env_sets_fast_mode_device_and_this_checkout() -> None:
     env = steps.step_env(REPO, "cuda")
     assert env["LABKIT_FAST"] == "1" and env["LABKIT_DEVICE"] == "cuda" and env["TQDM_DISABLE"] == "1"
     assert env["PYTHONPATH"].split(":")[0] == str(REPO)
+
+
+def test_a_bench_step_that_errors_fails_with_its_one_line_error(tmp_path: Path) -> None:
+    step = steps.Step("bench-nope", "bench", 60, "a benchmark that does not exist", ("labkit", "bench", "nope", "--fast"))
+    out = steps.run_step(step, 60, REPO, tmp_path, "cpu", {})
+    assert out.status == "failed" and out.figures == []
+    assert out.reason == "exit code 2: error: unknown benchmark 'nope'; choose from " + ", ".join(bench.BENCHMARKS) + " or all", out.reason
+    assert out.command[1:5] == ["-m", "labkit", "bench", "nope"] and out.command[-2] == "--json"
 
 
 def test_notebook_step_keeps_verdict_and_skip_lines_and_names_the_failing_cell(tmp_path: Path) -> None:

@@ -99,6 +99,7 @@ class Outcome:
     command: list[str] = field(default_factory=list)
     figures: list[dict[str, Any]] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # a benchmark's other figures and environment
     log_tail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -263,13 +264,16 @@ def gpu_cells_skipped(nb_path: Path) -> list[str]:
     return out
 
 
-def _bench_figures(path: Path) -> list[dict[str, Any]]:
+def _bench_result(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A bench JSON's target lines (each with the device it ran on) and its other figures and environment."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return []
-    device = data.get("environment", {}).get("device")
-    return [{**t, "device": device} for r in data.get("results", []) for t in r.get("targets", [])]
+        return [], {}
+    env = data.get("environment", {})
+    results = data.get("results", [])
+    targets = [{**t, "device": env.get("device")} for r in results for t in r.get("targets", [])]
+    return targets, {"environment": env, "figures": [r.get("figures", {}) for r in results]}
 
 
 def run_step(step: Step, cap_s: float, repo: Path, work: Path, device: str, executed: dict[str, Path]) -> Outcome:
@@ -292,7 +296,7 @@ def run_step(step: Step, cap_s: float, repo: Path, work: Path, device: str, exec
     text = log.read_text(errors="replace")
     outcome.log_tail = _tail(text)
     if step.kind == "bench":
-        outcome.figures = _bench_figures(work / f"{step.name}.json")
+        outcome.figures, outcome.details = _bench_result(work / f"{step.name}.json")
         outcome.lines = [f["line"] for f in outcome.figures]
     elif dst is not None and dst.exists():
         outcome.lines = notebook_lines(dst)

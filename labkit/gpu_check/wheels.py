@@ -263,8 +263,23 @@ def resolve(roots: Iterable[str] = ROOTS, pins: dict[str, str] | None = None) ->
         cmd += [arg for p in PLATFORMS for arg in ("--platform", p)]
         subprocess.run([*cmd, *reqs], check=True, timeout=600)
         installs = json.loads(report.read_text())["install"]
-    found = {normalize(i["metadata"]["name"]): i["metadata"]["version"] for i in installs}
-    return {n: v for n, v in sorted(found.items()) if n not in PREINSTALLED}
+    from packaging.requirements import Requirement
+
+    found = {normalize(i["metadata"]["name"]): i["metadata"] for i in installs}
+    # walk from the roots, not through what the machine has: a preinstalled package keeps the
+    # dependencies of its own (unknown) version, not those of the newest release pip looked at
+    keep: dict[str, str] = {}
+    todo = [normalize(r) for r in roots]
+    while todo:
+        name = todo.pop()
+        if name in keep or name in PREINSTALLED or name not in found:
+            continue
+        keep[name] = found[name]["version"]
+        for line in found[name].get("requires_dist") or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({**TARGET_ENV, "extra": ""}):
+                todo.append(normalize(req.name))
+    return dict(sorted(keep.items()))
 
 
 if __name__ == "__main__":  # make gpu-wheels-lock: print the closure as the WHEELS literal
