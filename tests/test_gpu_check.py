@@ -127,6 +127,10 @@ def test_plan_skips_what_cannot_run_and_says_why(tmp_path: Path) -> None:
     reasons = {s.name: r for s, r in steps.plan(steps.STEPS, 0, folder, have=lambda m: m != "ipywidgets")}
     assert reasons["nb02"] == "missing ipywidgets (wheel ipywidgets==8.1.9)"
     assert reasons["multi-gpu"] == "0 GPUs: the 2-rank nccl cells need 2"
+    # the doctor and the benches go through the labkit command, which needs typer (and what it imports)
+    reasons = {s.name: r for s, r in steps.plan(steps.STEPS, 1, folder, have=lambda m: m != "typer")}
+    assert reasons["doctor"] == reasons["bench-sharding"] == "missing typer (the labkit command needs them)"
+    assert reasons["nb00"] is None
 
 
 def test_plan_runs_the_nccl_cells_on_two_gpus_and_honours_only(tmp_path: Path) -> None:

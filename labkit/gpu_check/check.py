@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import signal
 import sys
@@ -141,7 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, refuse without CUDA (one line, exit 2), run, and exit 1 if any step failed."""
     args = parser().parse_args(argv)
     if args.needs:
-        print("\n".join(wheels.needs()))
+        try:
+            print("\n".join(wheels.needs()), flush=True)
+        except BrokenPipeError:  # `--needs | head`: the reader has what it wanted
+            sys.stdout = open(os.devnull, "w")
         return 0
     if args.list:
         for s in st.STEPS:

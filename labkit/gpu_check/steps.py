@@ -144,6 +144,10 @@ def plan(
             reason = f"not selected (--only {','.join(only)})"
         elif step.gpus and gpu_count < step.gpus:
             reason = multi_gpu_reason(gpu_count, step.gpus)
+        elif step.kind in ("command", "bench"):
+            lacking = wheels.missing(["typer", *wheels.modules_required_by("typer")], have)  # the labkit command
+            if lacking:
+                reason = "missing " + ", ".join(lacking) + " (the labkit command needs them)"
         elif step.notebook:
             path = _notebook_path(step, notebooks)
             if path is None:

@@ -34,6 +34,7 @@ __all__ = [
     "closure_gaps",
     "importable",
     "missing",
+    "modules_required_by",
     "needs",
     "normalize",
     "requirements",
@@ -190,6 +191,22 @@ def requirements(dist: str, env: dict[str, str] | None = None) -> list[str]:
         if req.marker is None or req.marker.evaluate({**(env or {}), "extra": ""}):
             out.append(str(req))
     return out
+
+
+def modules_required_by(dist: str) -> list[str]:
+    """Modules of the pinned wheels that the installed distribution ``dist`` requires here (e.g. a
+    typer release that imports pydantic); empty when ``dist`` is not installed."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    try:
+        reqs = requirements(dist)
+    except metadata.PackageNotFoundError:
+        return []
+    by_wheel = {w: m for m, w in MODULE_WHEEL.items()}
+    names = [normalize(Requirement(line).name) for line in reqs]
+    return [by_wheel.get(n, n.replace("-", "_")) for n in names if n in WHEELS]
 
 
 def closure_gaps(env: dict[str, str] = TARGET_ENV) -> list[str]:
