@@ -390,14 +390,13 @@ def _rank_main(rank: int, world: int, port: int, backend: str, config: Any, base
     import torch.distributed as dist
 
     from labkit.models import digit_nets
+    from labkit.runtime import hardware
 
     _die_with_parent()
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     device = f"cuda:{rank}" if backend == "nccl" else "cpu"
     if backend == "nccl":
-        from labkit.runtime import hardware
-
         torch.cuda.set_device(rank)
         hardware.use_ieee_float32()  # the gathered logits are compared with one CPU replica's
     dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=60))
@@ -416,7 +415,9 @@ def _rank_main(rank: int, world: int, port: int, backend: str, config: Any, base
         if rank == 0:
             x = torch.from_numpy(make_dataset(n_items, seed, base))
             x = torch.cat([x, x.new_zeros(per_rank * world - n_items, 1, 8, 8)])  # pad to equal shards
-            scatter_list = [c.to(device).contiguous() for c in x.chunk(world)]
+            if backend == "nccl":
+                x = hardware.pinned(x)  # the shards copy to the GPU asynchronously
+            scatter_list = [c.contiguous().to(device, non_blocking=True) for c in x.chunk(world)]
         with tl.span(name, "scatter", device=device):
             dist.scatter(shard, scatter_list, src=0)
         if rank == fail_rank:
