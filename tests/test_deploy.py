@@ -152,7 +152,7 @@ def test_model_server_endpoints_in_process():
 
     async def main() -> None:
         app = model_server.create_app()
-        async with app.router.lifespan_context(app):  # loads the model, as uvicorn's startup does
+        async with app.app.router.lifespan_context(app.app):  # loads the model, as uvicorn's startup does
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
                 assert (await client.get("/healthz")).json()["status"] == "ok"
