@@ -455,7 +455,7 @@ def pod_sets(draw):
 tolerances = st.builds(Tolerances, st.sampled_from([0.0, 0.05, 0.1, 0.34]), st.sampled_from([0.0, 0.01, 0.1, 2.0]))
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1200, deadline=None)
 @given(case=pod_sets(), current=st.integers(1, 15), target=st.integers(1, 400), tol=tolerances)
 def test_resource_calculator_matches_the_reference(case, current, target, tol):
     pods, samples = case
@@ -467,7 +467,7 @@ def test_resource_calculator_matches_the_reference(case, current, target, tol):
     assert got == want
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(case=pod_sets(), current=st.integers(1, 15), target=st.integers(1, 5000), tol=tolerances)
 def test_pods_calculator_matches_the_reference(case, current, target, tol):
     pods, samples = case
@@ -539,7 +539,7 @@ def _ref_normalize(behavior, lo, hi, start, proposals, legacy_window=300):
     return out
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(lo=st.integers(0, 5), span=st.integers(0, 12), behavior=behaviors, start=st.integers(0, 25), proposals=st.lists(st.integers(0, 40), min_size=1, max_size=30))
 def test_normalisation_matches_the_reference(lo, span, behavior, start, proposals):
     hi = max(1, lo + span)
