@@ -3,7 +3,8 @@
 A port of kubernetes/kubernetes ``pkg/controller/podautoscaler/replica_calculator.go`` and
 ``metrics/utilization.go`` at tag **v1.35.0** (commit 66452049f3d692768c39c797b21b793dce80314e).
 Each method names the Go function it follows; the branches, the order of the checks and the
-arithmetic are the same:
+arithmetic are the same (read from the indexed upstream sources; the tag's tree could not be fetched
+here, so post-1.35 overflow clamps seen in newer copies are left out):
 
 - utilization = int32(Σ usage · 100 / Σ requests) — int64 division, so a truncated percent;
   a usage average is int64(Σ / n), truncated too; ratios are float64 divisions of those integers;

@@ -2,7 +2,9 @@
 
 A port of kubernetes/kubernetes ``pkg/controller/podautoscaler/horizontal.go`` at tag **v1.35.0**
 (commit 66452049f3d692768c39c797b21b793dce80314e), with the API defaults of
-``pkg/apis/autoscaling/v2/defaults.go``; the replica calculator is ``labkit.kube.calculator``.
+``pkg/apis/autoscaling/v2/defaults.go``; the replica calculator is ``labkit.kube.calculator``. The tag's tree was
+too large to fetch here: the port follows the upstream sources as indexed (and their own test
+tables, ported in tests/test_hpa.py, which it passes); see the module tests for each case's name.
 
 - ``HPA.combine`` is ``computeReplicasForMetrics``: the largest proposal of the valid metrics;
   no scaling when every metric failed, or when one failed and the others would scale down.
