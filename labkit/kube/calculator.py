@@ -4,7 +4,7 @@ A port of kubernetes/kubernetes ``pkg/controller/podautoscaler/replica_calculato
 ``metrics/utilization.go`` at tag **v1.35.0** (commit 66452049f3d692768c39c797b21b793dce80314e).
 Each method names the Go function it follows; the branches, the order of the checks and the
 arithmetic are the same (read from the indexed upstream sources; the tag's tree could not be fetched
-here, so post-1.35 overflow clamps seen in newer copies are left out):
+here; of the overflow clamps seen in newer copies only the Object metric's int32 one is kept):
 
 - utilization = int32(Σ usage · 100 / Σ requests) — int64 division, so a truncated percent;
   a usage average is int64(Σ / n), truncated too; ratios are float64 divisions of those integers;
@@ -21,7 +21,7 @@ here, so post-1.35 overflow clamps seen in newer copies are left out):
 
 Values are milli-units, as the controller reads them (``Quantity.MilliValue()``): 250m CPU is 250,
 2.5 requests in flight is 2500. Times are seconds on any clock (``now_s``), so tests are exact.
-Overflow clamps of later releases are not modelled (they apply near 2^31 replicas). Used in 08.
+Other overflow clamps are not modelled (they apply near 2^31 replicas). Used in 08.
 
     calc = ReplicaCalculator()
     pods = [Pod(f"p{i}", request_milli=1000) for i in range(3)]
