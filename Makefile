@@ -14,7 +14,7 @@ LAB_PORT ?= 8888
 # The student edition that `make test` executes: written fresh by each run, git-ignored (.cache/).
 STUDENT_DIR ?= .cache/student-edition
 
-.PHONY: lab test venv bench student student-test clean-services help
+.PHONY: lab test venv bench student student-test clean-services help gpu-wheels gpu-wheels-lock
 help:
 	@echo "make lab   - set up and open JupyterLab (127.0.0.1:$(LAB_PORT))"
 	@echo "make test  - set up and run every test and notebook in fast mode"
@@ -58,3 +58,23 @@ student-test: $(STAMP)
 
 clean-services: $(STAMP)
 	$(VENV)/bin/labkit services --stop-all
+
+# The extra wheels `labkit gpu-check` uses on a GPU machine without Jupyter (CPython 3.12, manylinux
+# x86_64), downloaded into $(GPU_WHEELS) (git-ignored) to travel with the checkout; README, "Running on a GPU".
+GPU_WHEELS ?= .gpu-wheels
+GPU_WHEELS_MAX_MB ?= 40
+GPU_PLATFORMS := $(foreach p,manylinux_2_34_x86_64 manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64,--platform $(p))
+gpu-wheels:
+	rm -rf "$(GPU_WHEELS)" && mkdir -p "$(GPU_WHEELS)"
+	$(PYTHON) -m labkit.gpu_check --needs > "$(GPU_WHEELS)/requirements.txt"
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(GPU_PLATFORMS) -d "$(GPU_WHEELS)" -r "$(GPU_WHEELS)/requirements.txt"
+	@n=$$(ls "$(GPU_WHEELS)"/*.whl | wc -l); want=$$(wc -l < "$(GPU_WHEELS)/requirements.txt"); \
+	 mb=$$(du -cm "$(GPU_WHEELS)"/*.whl | tail -1 | cut -f1); \
+	 echo "$$n wheels ($$want pinned), $$mb MB in $(GPU_WHEELS)/"; \
+	 test "$$n" -eq "$$want" || { echo "expected $$want wheels"; exit 1; }; \
+	 test "$$mb" -le "$(GPU_WHEELS_MAX_MB)" || { echo "over $(GPU_WHEELS_MAX_MB) MB"; exit 1; }
+
+# Re-resolve the closure of gpu-check's wheels with pip (a dry run) and print it as labkit.gpu_check.wheels.WHEELS.
+gpu-wheels-lock:
+	$(PYTHON) -m labkit.gpu_check.wheels

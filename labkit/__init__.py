@@ -17,6 +17,7 @@ Layout — one folder per concern (the README's Layout section says the same):
     services/           start a real component and hand back a handle (url, pid, logs(), stop())
     kube/               Kubernetes: the HPA controller algorithm, the local emulator, kubectl
     bench/              ``labkit bench``: the target format and one module per benchmark
+    gpu_check/          ``labkit gpu-check``: the GPU paths in one capped run, its wheels, its report
     exercises/          the checks behind each notebook's exercises; the student edition
     doctor, cli         ``labkit doctor`` and the ``labkit`` command
 
@@ -37,6 +38,7 @@ __all__ = [
     "doctor",
     "errors",
     "exercises",
+    "gpu_check",
     "kube",
     "measure",
     "models",

@@ -5,6 +5,7 @@
     labkit services --list|--stop-all processes labkit started
     labkit student OUT_DIR            write the student edition of the notebooks
     labkit tfserving --port=G --rest_api_port=P --model_name=M --model_base_path=DIR
+    labkit gpu-check --out DIR        the GPU paths in one capped run on a GPU machine (--needs, --list)
 """
 
 from __future__ import annotations
@@ -90,6 +91,14 @@ def tfserving(ctx: typer.Context) -> None:
     from labkit.apps.tfserving.main import main as serve
 
     serve(list(ctx.args))
+
+
+@app.command("gpu-check", context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def gpu_check(ctx: typer.Context) -> None:
+    """Run the GPU paths (doctor, benchmarks, notebooks, nccl cells) capped, and write a report (--help for all)."""
+    from labkit.gpu_check import main as run
+
+    raise typer.Exit(run(list(ctx.args)))
 
 
 def main() -> None:

@@ -77,3 +77,22 @@ def test_keep_freed_memory_sets_glibc_and_checks_its_arguments() -> None:
         hardware.keep_freed_memory(threshold_mb=0)
     with pytest.raises(BadInput, match="keep_mb"):
         hardware.keep_freed_memory(threshold_mb=64, keep_mb=32)
+
+
+def test_one_gpu_skip_names_what_the_cell_needs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(hardware, "gpu_count", lambda: 1)
+    assert hardware.require(gpus=2) is False
+    assert capsys.readouterr().out.strip() == (
+        "Skipped: needs 2 CUDA GPU(s), this machine has 1. Run this notebook on a machine with 2 GPUs (one rank or replica per GPU) to see this part."
+    )
+
+
+def test_matmul_rate_and_pinning_off_the_gpu() -> None:
+    assert hardware.matmul_gflops(1, size=64, repeats=2, device="cpu") > 0
+    x = torch.zeros(4)
+    if not torch.cuda.is_available():
+        assert hardware.pinned(x) is x, "without a GPU there is nothing to pin for"
+        with pytest.raises(NeedsGPU, match="gpu_peak_tflops needs a CUDA GPU"):
+            hardware.gpu_peak_tflops()
+    else:
+        assert hardware.pinned(x).is_pinned()

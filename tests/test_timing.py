@@ -84,3 +84,42 @@ def test_timed_and_measure() -> None:
     calls = []
     durations = timing.measure(lambda: calls.append(1), repeats=3, warmup=2)
     assert len(durations) == 3 and len(calls) == 5
+
+
+def _recording_sync(monkeypatch: pytest.MonkeyPatch, events: list[str]) -> None:
+    monkeypatch.setattr(timing, "synchronize", lambda device=None: events.append(f"sync {device}") if device is not None else None)
+
+
+def test_measure_waits_for_the_device_before_each_clock_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GPU work is asynchronous: each timed call must start on an idle device and stop once it is done
+    events: list[str] = []
+    _recording_sync(monkeypatch, events)
+    timing.measure(lambda: events.append("call"), repeats=2, warmup=1, device="cuda:0")
+    assert events == ["call", "sync cuda:0", "call", "sync cuda:0", "sync cuda:0", "call", "sync cuda:0"]
+    events.clear()
+    timing.measure(lambda: events.append("call"), repeats=2, warmup=0)
+    assert events == ["call", "call"], "on the CPU (no device) nothing waits"
+
+
+def test_timed_and_span_wait_for_the_device_before_their_clock_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    _recording_sync(monkeypatch, events)
+    with timing.timed(device="cuda") as t:
+        events.append("work")
+    assert events == ["sync cuda", "work", "sync cuda"] and t.elapsed_s >= 0
+    events.clear()
+    tl = timing.Timeline()
+    with pytest.raises(RuntimeError), tl.span("rank 0", "infer", device="cuda"):
+        events.append("work")
+        raise RuntimeError("boom")
+    assert events == ["work", "sync cuda"] and len(tl) == 1
+
+
+def test_synchronize_knows_cpu_cuda_and_mps() -> None:
+    import torch
+
+    timing.synchronize(None)
+    timing.synchronize("cpu")
+    timing.synchronize(torch.device("cpu"))
+    with pytest.raises(BadInput, match="cannot wait for device 'tpu'"):
+        timing.synchronize("tpu")

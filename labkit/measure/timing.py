@@ -3,6 +3,11 @@
 Every backend in the lab records ``Span(worker, stage, start, end, item)`` into a ``Timeline``;
 every plot and the capstone table read that. Times come from ``now()`` — CLOCK_MONOTONIC on
 Linux, which is system-wide, so spans recorded in different processes line up.
+
+GPU work is asynchronous: a host clock read right after launching it measures the launch, not the
+work. ``synchronize(device)`` is the one place that waits for a device; ``measure``, ``timed`` and
+``Timeline.span`` call it before their clock stops (and before it starts) when given a ``device``,
+and ``measure`` after its warm-up calls too. On the CPU it does nothing.
 Used in every notebook.
 """
 
@@ -26,6 +31,7 @@ __all__ = [
     "measure",
     "now",
     "percentiles",
+    "synchronize",
     "throughput",
     "timed",
 ]
@@ -36,6 +42,26 @@ PERCENTILES = (50.0, 95.0, 99.0)
 def now() -> float:
     """Return a monotonic time in seconds that is comparable across processes on one machine."""
     return time.clock_gettime(time.CLOCK_MONOTONIC) if hasattr(time, "CLOCK_MONOTONIC") else time.perf_counter()
+
+
+def synchronize(device: Any = None) -> None:
+    """Wait until the work queued on ``device`` (a torch device or its name) is done; CPU or None: nothing to wait for.
+
+    >>> synchronize("cpu")
+    """
+    if device is None:
+        return
+    kind = getattr(device, "type", None) or str(device).split(":", 1)[0]
+    if kind == "cpu":
+        return
+    import torch
+
+    if kind == "cuda":
+        torch.cuda.synchronize(device)
+    elif kind == "mps":
+        torch.mps.synchronize()
+    else:
+        raise BadInput(f"cannot wait for device {device!r}: labkit knows cpu, cuda and mps")
 
 
 @dataclass(frozen=True)
@@ -89,12 +115,16 @@ class Timeline:
             self._spans.extend(items)
 
     @contextmanager
-    def span(self, worker: str, stage: str, item: Any = None) -> Iterator[None]:
-        """Record the block's duration as one span (recorded even if the block raises)."""
+    def span(self, worker: str, stage: str, item: Any = None, device: Any = None) -> Iterator[None]:
+        """Record the block's duration as one span (recorded even if the block raises).
+
+        With ``device`` the span ends when the work the block queued on it is done.
+        """
         start = now()
         try:
             yield
         finally:
+            synchronize(device)
             self.add(Span(worker, stage, start, now(), item))
 
     def to_dicts(self) -> list[dict[str, Any]]:
@@ -215,24 +245,38 @@ class Stopwatch:
 
 
 @contextmanager
-def timed() -> Iterator[Stopwatch]:
-    """Time a block: ``with timed() as t: work()`` then read ``t.elapsed_s``."""
+def timed(device: Any = None) -> Iterator[Stopwatch]:
+    """Time a block: ``with timed() as t: work()`` then read ``t.elapsed_s``.
+
+    With ``device`` (e.g. ``"cuda"``) the clock starts once earlier work on it is done and stops
+    once the block's work on it is done.
+    """
+    synchronize(device)
     sw = Stopwatch()
     try:
         yield sw
     finally:
+        synchronize(device)
         sw.elapsed_s = now() - sw.start
 
 
-def measure(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> list[float]:
-    """Call ``fn`` ``warmup`` times untimed, then ``repeats`` times; return each duration (s)."""
+def measure(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, device: Any = None) -> list[float]:
+    """Call ``fn`` ``warmup`` times untimed, then ``repeats`` times; return each duration (s).
+
+    With ``device`` every timed call starts after the device is idle and ends when the device has
+    finished the call's work (``synchronize``); without it, ``fn`` is assumed to run on the CPU.
+    """
     if repeats < 1:
         raise BadInput("repeats must be at least 1")
+    if warmup < 0:
+        raise BadInput("warmup must be 0 or more")
     for _ in range(warmup):
         fn()
     out = []
     for _ in range(repeats):
+        synchronize(device)
         t0 = now()
         fn()
+        synchronize(device)
         out.append(now() - t0)
     return out

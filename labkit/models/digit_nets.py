@@ -227,7 +227,8 @@ def flops_per_sample(model: nn.Module, input_shape: tuple[int, ...] = (1, 8, 8))
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     try:
         with torch.inference_mode():
-            model(torch.zeros(1, *input_shape))
+            param = next(model.parameters())
+            model(torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype))  # the model's device and dtype
     finally:
         for h in handles:
             h.remove()

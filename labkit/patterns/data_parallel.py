@@ -142,15 +142,17 @@ def _die_with_parent() -> None:
         pass
 
 
-def _infer(model: Any, x: np.ndarray, start: int, stop: int, device: str) -> np.ndarray:
+def _infer(model: Any, x: Any, start: int, stop: int, device: str) -> np.ndarray:
+    """Logits of ``x[start:stop]`` (a CPU tensor, pinned when ``device`` is a GPU) in batches on ``device``."""
     import torch
 
     outs = []
     with torch.inference_mode():
         for s in range(start, stop, BATCH_SIZE):
-            xb = torch.from_numpy(x[s : min(s + BATCH_SIZE, stop)]).to(device)
-            outs.append(model(xb).cpu())
-    return torch.cat(outs).numpy() if outs else np.zeros((0, 10), np.float32)
+            xb = x[s : min(s + BATCH_SIZE, stop)].to(device, non_blocking=True)  # async from pinned memory
+            outs.append(model(xb))
+        logits = torch.cat(outs).cpu() if outs else torch.zeros(0, 10)  # one copy back, which waits for the GPU
+    return logits.numpy()
 
 
 def _replica_main(rank: int, config: Any, base: np.ndarray, n_items: int, seed: int, n_threads: int, device: str, inbox: Any, work: Any, outbox: Any) -> None:
@@ -161,11 +163,15 @@ def _replica_main(rank: int, config: Any, base: np.ndarray, n_items: int, seed: 
         import torch
 
         from labkit.models import digit_nets
+        from labkit.runtime import hardware
 
         torch.set_num_threads(n_threads)
         t0 = now()
         model = digit_nets.trained(config, progress=False).to(device).eval()
-        x = make_dataset(n_items, seed, base)
+        x = torch.from_numpy(make_dataset(n_items, seed, base))
+        if torch.device(device).type == "cuda":
+            hardware.use_ieee_float32()  # logits equal the CPU replica's to float32 rounding
+            x = hardware.pinned(x)  # pinned once: every batch then copies to the GPU asynchronously
         outbox.put(("ready", rank, {"pid": os.getpid(), "hash": digit_nets.weights_hash(model), "load_s": now() - t0}))
         while True:
             cmd, job, arg = inbox.get()
@@ -384,6 +390,7 @@ def _rank_main(rank: int, world: int, port: int, backend: str, config: Any, base
     import torch.distributed as dist
 
     from labkit.models import digit_nets
+    from labkit.runtime import hardware
 
     _die_with_parent()
     torch.set_num_threads(1)
@@ -391,12 +398,13 @@ def _rank_main(rank: int, world: int, port: int, backend: str, config: Any, base
     device = f"cuda:{rank}" if backend == "nccl" else "cpu"
     if backend == "nccl":
         torch.cuda.set_device(rank)
+        hardware.use_ieee_float32()  # the gathered logits are compared with one CPU replica's
     dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=60))
     name = f"rank-{rank}"
     tl = Timeline()
     try:
         model = digit_nets.trained(config, progress=False).to(device).eval()
-        with tl.span(name, "broadcast"):
+        with tl.span(name, "broadcast", device=device):
             for tensor in model.state_dict().values():
                 dist.broadcast(tensor, src=0)  # every replica starts from rank 0's weights
         hashes: list[Any] = [None] * world
@@ -407,16 +415,18 @@ def _rank_main(rank: int, world: int, port: int, backend: str, config: Any, base
         if rank == 0:
             x = torch.from_numpy(make_dataset(n_items, seed, base))
             x = torch.cat([x, x.new_zeros(per_rank * world - n_items, 1, 8, 8)])  # pad to equal shards
-            scatter_list = [c.to(device).contiguous() for c in x.chunk(world)]
-        with tl.span(name, "scatter"):
+            if backend == "nccl":
+                x = hardware.pinned(x)  # the shards copy to the GPU asynchronously
+            scatter_list = [c.contiguous().to(device, non_blocking=True) for c in x.chunk(world)]
+        with tl.span(name, "scatter", device=device):
             dist.scatter(shard, scatter_list, src=0)
         if rank == fail_rank:
             raise RuntimeError(f"fault injected into {name}")
-        with tl.span(name, "infer"):
+        with tl.span(name, "infer", device=device):
             with torch.inference_mode():
                 out = torch.cat([model(shard[s : s + BATCH_SIZE]) for s in range(0, per_rank, BATCH_SIZE)])
         gathered = [torch.empty_like(out) for _ in range(world)] if rank == 0 else None
-        with tl.span(name, "gather"):
+        with tl.span(name, "gather", device=device):
             dist.gather(out.contiguous(), gathered, dst=0)
         spans: list[Any] = [None] * world
         dist.all_gather_object(spans, tl.to_dicts())

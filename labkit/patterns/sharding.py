@@ -90,7 +90,10 @@ def _rank_main(rank: int, worker: Callable[..., Any], world_size: int, backend: 
     torch.set_num_threads(1)
     device = torch.device(f"cuda:{rank}") if backend == "nccl" else torch.device("cpu")
     if device.type == "cuda":
+        from labkit.runtime import hardware
+
         torch.cuda.set_device(device)
+        hardware.use_ieee_float32()  # sharded logits are compared with the unsharded CPU model's
     dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     try:
         result = worker(rank, world_size, device, *args)
@@ -229,7 +232,7 @@ def intra_op_seconds(model: nn.Module, x: torch.Tensor, n_threads: int, repeats:
     from labkit.runtime import hardware
 
     with hardware.threads_limited(n_threads), torch.inference_mode():
-        return _best(timing.measure(lambda: model(x), repeats=repeats, warmup=1))
+        return _best(timing.measure(lambda: model(x), repeats=repeats, warmup=1, device=x.device))
 
 
 # ---------------------------------------------------------------- tensor parallelism
@@ -291,24 +294,17 @@ def tp_worker(
         logits = model(x)
         tokens = generate(model, prompt_ids.to(device), n_new, cfg.block_size)
 
-        def forward() -> None:
-            model(x_timed)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-
         dist.barrier()
-        forward_s = timing.measure(forward, repeats=repeats, warmup=1)
+        forward_s = timing.measure(lambda: model(x_timed), repeats=repeats, warmup=1, device=device)
         # the same collectives alone: 2 all-reduces of a (batch, seq, d_model) activation per block
         buf = torch.zeros(x_timed.shape[0], x_timed.shape[1], cfg.d_model, device=device)
 
         def collectives() -> None:
             for _ in range(2 * cfg.n_layers):
                 dist.all_reduce(buf)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
 
         dist.barrier()
-        allreduce_s = timing.measure(collectives, repeats=repeats, warmup=1)
+        allreduce_s = timing.measure(collectives, repeats=repeats, warmup=1, device=device)
     return {
         "rank": rank,
         "logits": logits.cpu(),
@@ -428,14 +424,17 @@ def split_stages(model: TinyGPT, n_stages: int) -> list[nn.Module]:
     return [_Stage(model, range(bounds[i], bounds[i + 1]), i == 0, i == n_stages - 1) for i in range(n_stages)]
 
 
-def _record_spans(module: nn.Module, rank: int, spans: list[dict[str, Any]]) -> list[Any]:
-    """Record one span per forward call of ``module`` (the microbatch index as item)."""
+def _record_spans(module: nn.Module, rank: int, spans: list[dict[str, Any]], device: torch.device) -> list[Any]:
+    """Record one span per forward call of ``module`` (the microbatch index as item); on a GPU a span
+    starts when earlier work is done and ends when the forward's kernels are."""
     starts: list[float] = []
 
     def pre(_m: nn.Module, _a: Any) -> None:
+        timing.synchronize(device)
         starts.append(timing.now())
 
     def post(_m: nn.Module, _a: Any, _o: Any) -> None:
+        timing.synchronize(device)
         spans.append({"worker": f"rank {rank}", "stage": f"stage {rank}", "start": starts[-1], "end": timing.now(), "item": len(spans)})
 
     return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
@@ -463,8 +462,7 @@ def pp_worker(
     out: dict[str, Any] = {"rank": rank, "naive_s": [], "gpipe_s": {}, "gpipe_spans": {}, "naive_spans": []}
 
     def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        timing.synchronize(device)
 
     with torch.no_grad():
         # the naive split: each rank waits for the whole batch from the previous one
@@ -475,6 +473,7 @@ def pp_worker(
             h = x if first else torch.empty(act_shape, device=device)
             if not first:
                 dist.recv(h, src=rank - 1)
+                sync()  # on nccl the receive is queued on the GPU: the stage starts once it has landed
             s0 = timing.now()
             h = stage(h)
             sync()
@@ -509,7 +508,7 @@ def pp_worker(
                         out.setdefault("unsplit_s", []).append(timing.now() - t0)
                 dist.barrier()
                 if rep == repeats:
-                    hooks = _record_spans(stage, rank, spans)
+                    hooks = _record_spans(stage, rank, spans, device)
                 dist.barrier()
                 t0 = timing.now()
                 y = schedule.eval(x) if first else schedule.eval()

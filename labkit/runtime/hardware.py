@@ -24,19 +24,25 @@ __all__ = [
     "describe",
     "device",
     "gpu_count",
+    "gpu_peak_tflops",
     "keep_freed_memory",
     "matmul_gflops",
     "missing",
     "peak_gflops",
+    "pinned",
     "report",
     "require",
     "set_threads",
     "threads",
     "threads_limited",
+    "use_ieee_float32",
 ]
 
 MATMUL_SIZE = 1024
 MATMUL_REPEATS = 5
+GPU_MATMUL_SIZE = 8192  # fills a large GPU: ~1.1 TFLOP per product
+GPU_MATMUL_CALLS = 10  # products per timed call on a GPU, so launch and sync overhead stay negligible
+GPU_MATMUL_WARMUP = 3  # cuBLAS handle, kernel choice and clocks settle before timing
 _DEVICE_HELP = "use auto, cpu, cuda, cuda:N or mps"
 
 
@@ -154,18 +160,77 @@ def keep_freed_memory(threshold_mb: int = 32, keep_mb: int = 1024) -> bool:
     return all(libc.mallopt(k, v) == 1 for k, v in ((m_mmap_threshold, threshold_mb * mb), (m_trim_threshold, keep_mb * mb), (m_top_pad, 64 * mb)))
 
 
-def matmul_gflops(n_threads: int, size: int = MATMUL_SIZE, repeats: int = MATMUL_REPEATS, dtype: str = "float32") -> float:
-    """Measure the best fp32 (or ``dtype``) matmul GFLOP/s with ``n_threads`` torch threads."""
+def matmul_gflops(n_threads: int, size: int = MATMUL_SIZE, repeats: int = MATMUL_REPEATS, dtype: str = "float32", device: str = "cpu") -> float:
+    """Measure the best matmul GFLOP/s in ``dtype`` with ``n_threads`` torch threads, on ``device``.
+
+    On a GPU (``device="cuda"``) the operands live there (random, never zeros), each timed call runs
+    ``GPU_MATMUL_CALLS`` products after ``GPU_MATMUL_WARMUP`` untimed ones, and the clock stops only
+    when the GPU is done (``timing.measure(..., device=...)``); ``n_threads`` matters only on the CPU.
+    """
     import torch
 
     from labkit.measure.timing import measure
 
     dt = getattr(torch, dtype)
-    a = torch.randn(size, size).to(dt)
-    b = torch.randn(size, size).to(dt)
+    dev = torch.device(device)
+    on_gpu = dev.type != "cpu"
+    a = torch.randn(size, size, device=dev).to(dt)
+    b = torch.randn(size, size, device=dev).to(dt)
+    out = torch.empty(size, size, device=dev, dtype=dt)
+    calls = GPU_MATMUL_CALLS if on_gpu else 1
+
+    def products() -> None:
+        for _ in range(calls):
+            torch.mm(a, b, out=out)
+
     with threads_limited(n_threads), torch.inference_mode():
-        times = measure(lambda: torch.mm(a, b), repeats=repeats, warmup=1)
-    return 2 * size**3 / min(times) / 1e9
+        times = measure(products, repeats=repeats, warmup=GPU_MATMUL_WARMUP if on_gpu else 1, device=dev if on_gpu else None)
+    return 2 * size**3 * calls / min(times) / 1e9
+
+
+def gpu_peak_tflops(device: str = "cuda", size: int = GPU_MATMUL_SIZE, repeats: int = MATMUL_REPEATS) -> dict[str, float]:
+    """Measured matmul TFLOP/s on a GPU in float32 (IEEE), tf32 (float32 on the matrix units) and bfloat16.
+
+    bfloat16 only where the device supports it. torch's float32 matmul precision is restored after
+    the tf32 run. Used by ``labkit bench baseline`` on a GPU machine and by ``labkit gpu-check``.
+    """
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cuda" or not gpu_count():
+        raise NeedsGPU(f"gpu_peak_tflops needs a CUDA GPU; {missing(gpus=1) or f'device {device!r} is not cuda'}")
+    out = {"float32": matmul_gflops(1, size, repeats, "float32", device) / 1e3}
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")  # float32 operands, tf32 matrix units
+        out["tf32"] = matmul_gflops(1, size, repeats, "float32", device) / 1e3
+    finally:
+        torch.set_float32_matmul_precision(before)
+    if torch.cuda.is_bf16_supported():
+        out["bfloat16"] = matmul_gflops(1, size, repeats, "bfloat16", device) / 1e3
+    return out
+
+
+def pinned(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in page-locked host memory when a CUDA GPU is present (copies to it can then run
+    asynchronously with ``.to(device, non_blocking=True)``); ``x`` itself otherwise. Pin once, reuse."""
+    if x.device.type != "cpu" or not gpu_count() or x.is_pinned():
+        return x
+    return x.pin_memory()
+
+
+def use_ieee_float32() -> None:
+    """Make float32 convolutions and matmuls on CUDA compute in IEEE float32 in this process (no tf32).
+
+    cuDNN runs float32 convolutions on the tf32 matrix units by default (10 mantissa bits), so a
+    GPU replica's logits differ from the CPU's by ~1e-3; in IEEE float32 they agree to ~1e-6, which
+    is what the lab's "same result as one replica" checks compare. For worker processes (replicas,
+    ranks) whose results are checked against the CPU; costs nothing measurable on the lab's models.
+    """
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def peak_gflops(thread_counts: Sequence[int] | None = None, size: int = MATMUL_SIZE, repeats: int = MATMUL_REPEATS) -> dict[int, float]:
@@ -198,7 +263,8 @@ def require(gpus: int = 0, strict: bool = False) -> bool:
         return True
     if strict:
         raise NeedsGPU(reason)
-    print(f"Skipped: {reason}. Run this notebook on a GPU machine to see this part.")
+    where = "a GPU machine" if gpu_count() == 0 else f"a machine with {gpus} GPUs (one rank or replica per GPU)"
+    print(f"Skipped: {reason}. Run this notebook on {where} to see this part.")
     return False
 
 
