@@ -308,12 +308,12 @@ SECTIONS: tuple[Section, ...] = (
     Section("09", "java", f"{WHOLE} (TorchServe's frontend is a Java server)"),
     Section("10", "tensorflow", WHOLE),
     Section("10", "tf-serving-api", WHOLE),
-    Section("14", "celery", "the two Celery options"),
+    Section("14", "celery", WHOLE),
     Section("14", "redis", "the Celery + Redis option: its row in the table, its points on the plots"),
     Section("14", "rabbitmq", "the Celery + RabbitMQ option: its row in the table, its points on the plots"),
     Section("14", "java", "the TorchServe option: its row in the table, its points on the plots"),
     Section("14", "ray", WHOLE),
-    Section("14", "tensorflow", WHOLE),
+    Section("14", "tensorflow", "the TF Serving API option: its row in the table, its points on the plots"),
     Section("tests", "chromium", "tests/test_browser.py: JupyterLab driven in a real headless browser"),
 )
 
