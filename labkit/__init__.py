@@ -18,6 +18,8 @@ Layout — one folder per concern (the README's Layout section says the same):
     kube/               Kubernetes: the HPA controller algorithm, the local emulator, kubectl
     bench/              ``labkit bench``: the target format and one module per benchmark
     exercises/          the checks behind each notebook's exercises; the student edition
+    needs               every optional component as data: how it is found, how to get it, which
+                        notebook sections need it (the skip lines, ``labkit doctor``, the README)
     doctor, cli         ``labkit doctor`` and the ``labkit`` command
 
 Importing labkit is cheap and changes nothing: no torch, no service clients, no directories
@@ -40,6 +42,7 @@ __all__ = [
     "kube",
     "measure",
     "models",
+    "needs",
     "patterns",
     "plots",
     "runtime",

@@ -602,7 +602,7 @@ def plot_all(results: Sequence[OptionResult], device: str = "cpu") -> Any:
         plots.annotate_device(a, device)
     absent = [r for r in results if not r.available]
     if absent:  # an option that could not start is named on the figure, not silently left out
-        fig.supxlabel("not available here: " + "; ".join(f"{r.name} ({r.reason.split(' — ')[0]})" for r in absent), fontsize="small", color="dimgrey", wrap=True)
+        fig.supxlabel("not available here: " + "; ".join(f"{r.name} ({r.reason.split(' — ')[0].split('. Get it: ')[0]})" for r in absent), fontsize="small", color="dimgrey", wrap=True)
     return fig
 
 
