@@ -5,18 +5,24 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The local CPU wheel on lab machines; on a CUDA machine use e.g. TORCH='torch>=2.4,<2.15'.
+# The torch the lab is tested with (the local CPU wheel on lab machines); on a CUDA machine use
+# e.g. TORCH='torch>=2.4,<2.15'. Where PyPI has no wheel of it (macOS 13), the newest in range.
 TORCH ?= torch==2.13.0
+TORCH_RANGE := torch>=2.4,<2.15
 STAMP := $(VENV)/.labkit-installed
 CELL_TIMEOUT ?= 300
 PYTEST_ARGS ?=
 LAB_PORT ?= 8888
+# Jupyter refuses to run as root (a container, a cloud VM) without --allow-root: pass it only then.
+ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+# The README's lab command; tests/test_make_lab.py starts `make lab` and opens the URL it prints.
+LAB_CMD = $(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser $(ALLOW_ROOT) --ServerApp.root_dir=notebooks
 # The student edition that `make test` executes: written fresh by each run, git-ignored (.cache/).
 STUDENT_DIR ?= .cache/student-edition
 
 .PHONY: lab test venv bench student student-test clean-services help gpu-wheels gpu-wheels-lock
 help:
-	@echo "make lab   - set up and open JupyterLab (127.0.0.1:$(LAB_PORT))"
+	@echo "make lab   - set up and open JupyterLab (127.0.0.1:$(LAB_PORT); prints the URL with its token)"
 	@echo "make test  - set up and run every test and notebook in fast mode"
 
 venv: $(STAMP)
@@ -24,24 +30,32 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)" 2>/dev/null \
+		|| $(PY) -m pip install -q "$(TORCH_RANGE)" || { echo "PyPI has no $(TORCH_RANGE) wheel for this platform" \
+		"(Intel Macs: the last is torch 2.2.2); README.md, 'Platforms', says what to do."; exit 1; }
 	$(PY) -m pip install -q -e '.[serve,test]'
 	# the TF Serving protos depend on full tensorflow; we use tensorflow-cpu, hence --no-deps
 	$(PY) -m pip install -q --no-deps 'tensorflow-serving-api>=2.16'
 	@touch $(STAMP)
 
+# Set up once (the stamp makes the second run start at once), then open the lab. Jupyter prints
+# the URL with its login token (http://127.0.0.1:PORT/lab?token=...); a busy port gets the next one.
 lab: $(STAMP)
-	@echo "Opening JupyterLab on 127.0.0.1:$(LAB_PORT) in notebooks/ (Ctrl-C to stop)"
-	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser --ServerApp.root_dir=notebooks
+	@echo "Starting JupyterLab in notebooks/ on 127.0.0.1 (Ctrl-C to stop): open the http://127.0.0.1:...?token=... URL it prints."
+	$(LAB_CMD)
 
 # The suite: unit and service tests, every notebook, then the student edition of every notebook
-# (unsolved exercises must say "not done yet", never crash). The student 00 is left out here only
-# because tests/test_student_edition.py executes it already (unsolved, then solved). The 25 slowest
-# steps are listed at the end, to keep the suite inside its time budget.
+# (unsolved exercises must say "not done yet", never crash). Three student copies are left out of
+# the nbval pass because a test executes each already, so each runs once: 00 in
+# tests/test_student_edition.py (unsolved, then solved), 06 and 14 in tests/test_degraded.py
+# (non-strict, with RabbitMQ, Java and the system Redis hidden: the newcomer's path, while the
+# instructor 06 and 14 run here with everything, strict under CI). The 25 slowest steps are listed
+# at the end, to keep the suite inside its time budget.
+STUDENT_RUN_ELSEWHERE := 00_setup_and_baselines 06_celery_fastapi 14_comparison_capstone
 test: $(STAMP)
 	rm -rf "$(STUDENT_DIR)" && $(VENV)/bin/labkit student "$(STUDENT_DIR)" > /dev/null
 	LABKIT_FAST=1 $(PY) -m pytest tests notebooks "$(STUDENT_DIR)" --nbval-lax --nbval-current-env \
-		--ignore="$(STUDENT_DIR)/00_setup_and_baselines.ipynb" --durations=25 \
+		$(foreach nb,$(STUDENT_RUN_ELSEWHERE),--ignore="$(STUDENT_DIR)/$(nb).ipynb") --durations=25 \
 		--nbval-cell-timeout=$(CELL_TIMEOUT) -p no:randomly $(PYTEST_ARGS)
 
 bench: $(STAMP)

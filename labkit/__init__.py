@@ -19,6 +19,8 @@ Layout — one folder per concern (the README's Layout section says the same):
     bench/              ``labkit bench``: the target format and one module per benchmark
     gpu_check/          ``labkit gpu-check``: the GPU paths in one capped run, its wheels, its report
     exercises/          the checks behind each notebook's exercises; the student edition
+    needs               every optional component as data: how it is found, how to get it, which
+                        notebook sections need it (the skip lines, ``labkit doctor``, the README)
     doctor, cli         ``labkit doctor`` and the ``labkit`` command
 
 Importing labkit is cheap and changes nothing: no torch, no service clients, no directories
@@ -42,6 +44,7 @@ __all__ = [
     "kube",
     "measure",
     "models",
+    "needs",
     "patterns",
     "plots",
     "runtime",

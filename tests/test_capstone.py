@@ -55,7 +55,7 @@ def test_in_process_option_is_measured_like_any_other(digits_and_model) -> None:
     assert len(r.latencies_s[4]) == 40
 
 
-def test_wrong_answers_and_start_failures_become_unavailable_rows(digits_and_model) -> None:  # type: ignore[no-untyped-def]
+def test_a_wrong_answer_is_a_failure_and_a_missing_service_an_unavailable_row(digits_and_model) -> None:  # type: ignore[no-untyped-def]
     x, y, cnn, expected = digits_and_model
     stopped = []
     wrong = lambda: capstone.Deployed(call=lambda x: 11, stop=lambda: stopped.append(1))  # noqa: E731
@@ -63,13 +63,32 @@ def test_wrong_answers_and_start_failures_become_unavailable_rows(digits_and_mod
     def missing() -> capstone.Deployed:
         raise ServiceUnavailable("no broker here", "apt-get install it")
 
-    r1 = capstone.run_option("wrong", "Celery", wrong, x, expected, (1,), 5, 1.0, None)
+    with pytest.raises(AssertionError, match="equal the in-process"):
+        capstone.run_option("wrong", "Celery", wrong, x, expected, (1,), 5, 1.0, None)
+    assert stopped == [1]  # stopped even when it failed
     r2 = capstone.run_option("missing", "Celery", missing, x, expected, (1,), 5, 1.0, None)
-    assert not r1.available and "equal" in r1.reason and stopped == [1]  # stopped even when it failed
     assert not r2.available and r2.reason == "no broker here — apt-get install it"
-    df = capstone.table([r1, r2], (1,))
-    assert df.loc["missing", "status"] == "not available: no broker here — apt-get install it"
+    df = capstone.table([r2], (1,))
+    assert df.loc["missing", "status"] == "not available here: no broker here — apt-get install it"
     assert df.loc["missing", "Best for"] == "distributed task queues"
+
+
+@pytest.mark.service
+def test_an_option_that_cannot_start_stops_what_it_started(digits_and_model) -> None:  # type: ignore[no-untyped-def]
+    """The Celery + RabbitMQ shape without RabbitMQ: its Redis started, then the broker was missing."""
+    from labkit.runtime import process
+    from labkit.services import redis
+
+    x, y, cnn, expected = digits_and_model
+    started = []
+
+    def half_started() -> capstone.Deployed:
+        started.append(redis.start(external=False))
+        raise ServiceUnavailable("RabbitMQ is missing (epmd not found on PATH)", "get it: apt-get install -y rabbitmq-server")
+
+    r = capstone.run_option("Celery + RabbitMQ", "Celery", half_started, x, expected, (1,), 5, 1.0, None)
+    assert not r.available and r.reason.startswith("RabbitMQ is missing")
+    assert started and not started[0].alive() and not process.started_here()
 
 
 @pytest.mark.service

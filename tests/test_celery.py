@@ -22,6 +22,7 @@ from labkit.errors import BadInput
 from labkit.models import digit_nets
 from labkit.runtime import process
 from labkit.services import celery as celery_svc
+from labkit import needs
 from labkit.services import rabbitmq, redis
 
 pytestmark = pytest.mark.service
@@ -150,7 +151,7 @@ def test_sigkilled_worker_loses_no_task_on_redis(redis_stack) -> None:  # type: 
 
 
 def test_sigkilled_worker_loses_no_task_on_rabbitmq(redis_stack, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    need(rabbitmq.server_script() is not None, "rabbitmq-server not installed (apt-get install rabbitmq-server)")
+    need(rabbitmq.available(), str(needs.unavailable("rabbitmq")))
     r, _ = redis_stack
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     mq = rabbitmq.start()

@@ -20,6 +20,7 @@ import pytest
 from conftest import need
 
 from labkit.runtime import process
+from labkit import needs
 from labkit.services import rabbitmq, redis
 
 pytestmark = pytest.mark.service
@@ -81,7 +82,7 @@ def test_redis_url_is_used_and_left_alone(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_rabbitmq_starts_answers_and_stops_clean(monkeypatch: pytest.MonkeyPatch) -> None:
-    need(rabbitmq.server_script() is not None, "rabbitmq-server not installed (apt-get install rabbitmq-server)")
+    need(rabbitmq.available(), str(needs.unavailable("rabbitmq")))
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     mq = rabbitmq.start()
     assert mq.url.startswith("amqp://guest:guest@127.0.0.1:")

@@ -380,21 +380,31 @@ def run_option(
 ) -> OptionResult:
     """Start one option, measure it (see the module docstring), stop it; never leave it running.
 
-    A ``ServiceUnavailable`` (or any start failure) gives a row with ``available=False`` and the
-    reason. ``n_requests`` may be one number or one per concurrency; ``recovery_s`` None skips the kill.
-    ``warmup`` requests at concurrency ``WARMUP_CONCURRENCY`` run untimed first, so every worker is up.
+    An option that cannot start here (``deploy`` raises ``ServiceUnavailable``, or a Python package
+    is missing) gives a row with ``available=False`` and the reason, after every process labkit
+    started during ``deploy`` is stopped. A wrong answer or failed requests are a failure, not
+    unavailability: the option is stopped and the error raised. ``n_requests`` may be one number or
+    one per concurrency; ``recovery_s`` None skips the kill. ``warmup`` requests at concurrency
+    ``WARMUP_CONCURRENCY`` run untimed first, so every worker is up.
     """
     from tqdm.auto import tqdm
 
+    from labkit.runtime import process
+
     res = OptionResult(name, family, loc=loc)
     me = os.getpid()
+    running_before = {int(i["pid"]) for i in process.started_here()}
     t0 = now()
     try:
         deployed = deploy()
-    except Exception as exc:
+    except (ServiceUnavailable, ModuleNotFoundError) as exc:
+        _stop_started_since(running_before)
         res.available = False
         res.reason = _why(exc)
         return res
+    except BaseException:
+        _stop_started_since(running_before)
+        raise
     res.http = deployed.url is not None
     try:
         deployed.predict(x[0])
@@ -432,17 +442,30 @@ def run_option(
             res.recovery = measure_recovery(deployed, x, recovery_s)
         else:
             res.recovery = {"recovery_s": None, "lost": None, "recovered": None, "note": "not measured (recovery off)"}
-    except Exception as exc:
-        res.available = False
-        res.reason = _why(exc)
-    finally:
-        deployed.stop()
+    except BaseException:
+        try:
+            deployed.stop()
+        finally:
+            _stop_started_since(running_before)  # what a half-stopped option left behind
+        raise
+    deployed.stop()
     return res
+
+
+def _stop_started_since(before: set[int]) -> None:
+    """Stop every process this interpreter started (labkit's registry) that was not running at ``before``."""
+    from labkit.runtime import process
+
+    for info in process.started_here():
+        if int(info["pid"]) not in before:
+            process.stop_pid(int(info["pid"]))
 
 
 def _why(exc: BaseException) -> str:
     if isinstance(exc, ServiceUnavailable):
         return f"{exc.what}" + (f" — {exc.how_to_get}" if exc.how_to_get else "")
+    if isinstance(exc, ModuleNotFoundError):
+        return f"Python package {exc.name!r} is not installed — get it: make lab (or: pip install -e '.[serve]')"
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 
 
@@ -524,7 +547,7 @@ def table(results: Sequence[OptionResult], concurrencies: Sequence[int] = (1, 8,
     for r in results:
         row: dict[str, Any] = {"option": r.name, **SEED_TABLE.get(r.family, {"Best for": "", "Advantages": "", "Drawbacks": ""})}
         if not r.available:
-            row["status"] = f"not available: {r.reason}"
+            row["status"] = f"not available here: {r.reason}"
         else:
             row["status"] = "measured"
             for c in concurrencies:
@@ -577,6 +600,9 @@ def plot_all(results: Sequence[OptionResult], device: str = "cpu") -> Any:
         plt.setp(a.get_xticklabels(), ha="right", rotation_mode="anchor")
     for a in axes.flat:
         plots.annotate_device(a, device)
+    absent = [r for r in results if not r.available]
+    if absent:  # an option that could not start is named on the figure, not silently left out
+        fig.supxlabel("not available here: " + "; ".join(f"{r.name} ({r.reason.split(' — ')[0].split('. Get it: ')[0]})" for r in absent), fontsize="small", color="dimgrey", wrap=True)
     return fig
 
 

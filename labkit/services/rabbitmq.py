@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 
-from labkit import config
+from labkit import config, needs
 from labkit.errors import ServiceUnavailable
 from labkit.runtime import process
 
@@ -40,9 +40,18 @@ class RabbitMQHandle(process.Handle):
 
 
 def server_script() -> str | None:
-    """Path of the ``rabbitmq-server`` script of the Debian package, or None."""
+    """Path of the real ``rabbitmq-server`` script (Debian's package, or one on PATH such as Homebrew's), or None.
+
+    Debian's /usr/sbin/rabbitmq-server is a wrapper that switches to the rabbitmq user: the script
+    it runs is used instead, so the node runs as this user in its own folder.
+    """
     found = sorted(glob.glob("/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin/rabbitmq-server"))
-    return found[-1] if found else None
+    if found:
+        return found[-1]
+    on_path = shutil.which("rabbitmq-server")
+    if on_path and not os.path.realpath(on_path).endswith("rabbitmq-script-wrapper"):
+        return on_path
+    return None
 
 
 def available() -> bool:
@@ -50,7 +59,7 @@ def available() -> bool:
     url = config.external_url("CELERY_BROKER_URL")
     if url and url.startswith(("amqp", "pyamqp")):
         return True
-    return server_script() is not None and shutil.which("epmd") is not None
+    return needs.status("rabbitmq").ok
 
 
 def amqp_ready(url: str, timeout_s: float = 2.0) -> bool:
@@ -75,7 +84,7 @@ def start(timeout_s: float = 60.0, external: bool = True) -> RabbitMQHandle:
     script = server_script()
     epmd = shutil.which("epmd")
     if script is None or epmd is None:
-        raise ServiceUnavailable("rabbitmq-server (and its epmd) not found", INSTALL_HINT)
+        raise needs.unavailable("rabbitmq")
 
     t0 = _now()
     base = tempfile.mkdtemp(prefix="rabbitmq-", dir=config.cache_dir("rabbitmq"))

