@@ -42,7 +42,9 @@ class DigitHandler:
             DigitMLP,
         )
 
-        torch.set_num_threads(int(os.environ.get("LABKIT_TS_THREADS", "1")))
+        from labkit import config
+
+        torch.set_num_threads(config.torchserve_threads())
         model_dir = context.system_properties["model_dir"]
         manifest = context.manifest["model"]
         with open(os.path.join(model_dir, "model_config.json")) as f:

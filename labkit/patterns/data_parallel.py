@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from labkit.runtime.process import die_with_parent
 from labkit.errors import BadInput, WorkerFailed
 from labkit.measure.timing import Span, Timeline, now
 
@@ -52,7 +53,6 @@ NOISE = 0.05
 START_TIMEOUT_S = 180.0
 RUN_TIMEOUT_S = 300.0
 POLL_S = 0.2
-_PR_SET_PDEATHSIG = 1
 
 
 # ---------------------------------------------------------------- data, shards and chunks
@@ -133,15 +133,6 @@ def reference_logits(n_items: int, seed: int = 0, config: Any = None, batch_size
 # ---------------------------------------------------------------- replica processes
 
 
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not Linux: stop() and atexit still clean up
-        pass
-
-
 def _infer(model: Any, x: np.ndarray, start: int, stop: int, device: str) -> np.ndarray:
     import torch
 
@@ -155,7 +146,7 @@ def _infer(model: Any, x: np.ndarray, start: int, stop: int, device: str) -> np.
 
 def _replica_main(rank: int, config: Any, base: np.ndarray, n_items: int, seed: int, n_threads: int, device: str, inbox: Any, work: Any, outbox: Any) -> None:
     """A replica: load the model once, then serve commands from ``inbox`` until told to stop."""
-    _die_with_parent()
+    die_with_parent()
     name = f"replica-{rank}"
     try:
         import torch
@@ -385,7 +376,7 @@ def _rank_main(rank: int, world: int, port: int, backend: str, config: Any, base
 
     from labkit.models import digit_nets
 
-    _die_with_parent()
+    die_with_parent()
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     device = f"cuda:{rank}" if backend == "nccl" else "cpu"

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from labkit.runtime.environ import patch_environment
+from labkit.runtime.process import die_with_parent
 from labkit.errors import BadInput, WorkerFailed
 from labkit.measure.timing import Span, Timeline, now
 
@@ -292,19 +294,9 @@ def run_threads(members: Sequence[nn.Module], x: np.ndarray, n_workers: int = 2,
 _WORKER: dict[str, Any] = {}
 
 
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux
-        pass
-
-
 def _init_worker(configs: Sequence[TrainConfig], member_ids: Sequence[int], n_threads: int) -> None:
     """Initializer of a worker process: 1 torch thread, load its members once (from the disk cache)."""
-    _die_with_parent()
+    die_with_parent()
     import torch
 
     torch.set_num_threads(n_threads)
@@ -331,21 +323,6 @@ def _worker_run(x: np.ndarray, member_ids: Sequence[int], worker: str) -> dict[s
         outs[i] = _logits(_WORKER["members"][i], x)
         spans.append({"worker": worker, "stage": f"member {i}", "start": start, "end": now(), "item": i})
     return {"logits": outs, "spans": spans, **_usage()}
-
-
-@contextmanager
-def _child_threads_env(n: int) -> Iterator[None]:
-    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    before = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: str(n) for k in keys})
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @dataclass
@@ -388,7 +365,7 @@ class MemberPool:
         load_members(self.configs, progress=False)
         ctx = mp.get_context("spawn")
         t0 = now()
-        with _child_threads_env(self.threads_per_worker):
+        with patch_environment(OMP_NUM_THREADS=self.threads_per_worker, MKL_NUM_THREADS=self.threads_per_worker):
             for k in range(self.n_workers):
                 ids = list(range(k, len(self.configs), self.n_workers))
                 ex = ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker, initargs=([self.configs[i] for i in ids], ids, self.threads_per_worker))

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from labkit.runtime.process import die_with_parent
 from labkit.errors import BadInput, WorkerFailed
 from labkit.measure.timing import LatencyStats, Timeline, latency_stats, now
 
@@ -485,22 +486,12 @@ def run_threads(stages: Sequence[Stage], items: Sequence[Any], queue_depth: int 
 # ---------------------------------------------------------------- processes
 
 
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: daemonic children still end with a clean parent
-        pass
-
-
 def _process_worker(
     worker: str, stage: str, build: Callable[[], Callable[[Any], Any]], qin: Any, qout: Any, n_next: int,
     live: Any, report: Any, stop: Any, torch_threads: int,
 ) -> None:
     """Body of one spawned stage replica (importable, so ``spawn`` can start it)."""
-    _die_with_parent()
+    die_with_parent()
     import torch
 
     torch.set_num_threads(torch_threads)

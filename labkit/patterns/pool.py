@@ -71,9 +71,10 @@ MODEL_NAMES = ("cnn", "mlp")  # the models ``init_worker`` can load
 
 def init_worker(model_names: Sequence[str] = MODEL_NAMES, n_threads: int = 1, n_items: int = 0, seed: int = 0, base: np.ndarray | None = None, ready: Any = None) -> None:
     """Pool initializer: set torch threads, load each model once, build the dataset; report to ``ready``."""
-    from labkit.patterns.data_parallel import _die_with_parent, make_dataset
+    from labkit.patterns.data_parallel import make_dataset
+    from labkit.runtime.process import die_with_parent
 
-    _die_with_parent()
+    die_with_parent()
     t0 = now()
     import torch
 

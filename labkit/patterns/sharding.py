@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from labkit.runtime.environ import patch_environment
+from labkit.runtime.process import die_with_parent
 from labkit.errors import BadInput, WorkerFailed
 from labkit.measure import timing
 from labkit.models.tinygpt import GPTConfig, TinyGPT, generate, param_bytes, vocab
@@ -60,7 +62,6 @@ __all__ = [
 MASTER_ADDR = "127.0.0.1"
 RANK_TIMEOUT_S = 180.0  # a whole run_ranks call, start-up included
 COLLECTIVE_TIMEOUT_S = 60.0  # one collective waiting for a peer
-_PR_SET_PDEATHSIG = 1
 _spawned: set[int] = set()  # pids of every rank started here, for live_ranks()
 
 
@@ -74,19 +75,11 @@ def backend_for(world_size: int) -> str:
     return "nccl" if hardware.gpu_count() >= world_size else "gloo"
 
 
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except OSError:
-            pass
-
-
 def _rank_main(rank: int, worker: Callable[..., Any], world_size: int, backend: str, out_dir: str, args: tuple[Any, ...]) -> None:
     """What every spawned rank runs: join the group, run ``worker``, save its result, leave the group."""
     import torch.distributed as dist
 
-    _die_with_parent()
+    die_with_parent()
     torch.set_num_threads(1)
     device = torch.device(f"cuda:{rank}") if backend == "nccl" else torch.device("cpu")
     if device.type == "cuda":
@@ -142,11 +135,10 @@ def run_ranks(
     backend = backend or backend_for(world_size)
     out_dir = tempfile.mkdtemp(prefix="labkit-ranks-")
     env = {"MASTER_ADDR": MASTER_ADDR, "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # spawned children copy the environment when they start
     ctx = None
     try:
-        ctx = mp.start_processes(_rank_main, args=(worker, world_size, backend, out_dir, tuple(args)), nprocs=world_size, join=False, start_method="spawn")
+        with patch_environment(**env):  # spawned children copy the environment when they start
+            ctx = mp.start_processes(_rank_main, args=(worker, world_size, backend, out_dir, tuple(args)), nprocs=world_size, join=False, start_method="spawn")
         _spawned.update(p.pid for p in ctx.processes if p.pid is not None)
         deadline = timing.now() + timeout_s
         try:
@@ -170,11 +162,6 @@ def run_ranks(
                     p.kill()
             for p in ctx.processes:
                 p.join(timeout=5.0)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         shutil.rmtree(out_dir, ignore_errors=True)
 
 

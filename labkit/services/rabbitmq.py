@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 
+from labkit.measure.timing import now
 from labkit import config
 from labkit.errors import ServiceUnavailable
 from labkit.runtime import process
@@ -77,7 +78,7 @@ def start(timeout_s: float = 60.0, external: bool = True) -> RabbitMQHandle:
     if script is None or epmd is None:
         raise ServiceUnavailable("rabbitmq-server (and its epmd) not found", INSTALL_HINT)
 
-    t0 = _now()
+    t0 = now()
     base = tempfile.mkdtemp(prefix="rabbitmq-", dir=config.cache_dir("rabbitmq"))
     epmd_port, amqp_port, dist_port = process.free_port(), process.free_port(), process.free_port()
     for sub in ("home", "mnesia", "log"):
@@ -116,7 +117,7 @@ def start(timeout_s: float = 60.0, external: bool = True) -> RabbitMQHandle:
         epmd_proc.stop()
         shutil.rmtree(base, ignore_errors=True)
         raise
-    return RabbitMQHandle("rabbitmq", url, server, extra=[epmd_proc], started_s=_now() - t0, base_dir=base)
+    return RabbitMQHandle("rabbitmq", url, server, extra=[epmd_proc], started_s=now() - t0, base_dir=base)
 
 
 def _port_open(port: int) -> bool:
@@ -125,9 +126,3 @@ def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _now() -> float:
-    from labkit.measure.timing import now
-
-    return now()

@@ -26,6 +26,7 @@ from typing import Any
 
 from labkit import config
 from labkit.errors import ServiceUnavailable
+from labkit.runtime import process
 from labkit.runtime.process import LOG_TAIL_LINES, Handle, free_port
 
 __all__ = [
@@ -185,15 +186,8 @@ class RayHandle(Handle):
         return leftover_processes(self.pids)
 
     def rss_mb(self) -> float:
-        import psutil
-
-        total = 0
-        for pid in self.pids:
-            try:
-                total += psutil.Process(pid).memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
-        return total / 2**20
+        """Resident memory of the local cluster's processes (and their descendants), in MB."""
+        return process.tree_rss_mb(self.pids)
 
     def logs(self, n: int = LOG_TAIL_LINES) -> str:
         import ray

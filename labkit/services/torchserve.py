@@ -426,7 +426,7 @@ def start(
         "LOG_LOCATION": str(logs),
         "METRICS_LOCATION": str(logs),
         "OMP_NUM_THREADS": "1",
-        "LABKIT_TS_THREADS": os.environ.get("LABKIT_TS_THREADS", "1"),
+        "LABKIT_TS_THREADS": str(config.torchserve_threads()),
     }
     cmd = [sys.executable, "-c", _LAUNCHER, "--foreground", "--ts-config", str(cfg), "--model-store", str(store), "--disable-token-auth", "--enable-model-api", "--ncs", "--log-config", str(workdir / "log4j2.xml")]
     handle = TorchServe(
