@@ -29,21 +29,6 @@ def _in_process(cnn):  # type: ignore[no-untyped-def]
     return lambda: capstone.Deployed(call=lambda x: int(digit_nets.predict(cnn, x[None])[0]), stop=lambda: None, in_process=True, kill_note="n/a")
 
 
-def test_closed_loop_calls_records_every_call_and_every_error() -> None:
-    def fn(i: int) -> int:
-        if i % 5 == 0:
-            raise RuntimeError(f"bad {i}")
-        return i
-
-    r = capstone.closed_loop_calls(fn, concurrency=4, n_requests=50)
-    assert r.n == 50 and r.errors == 10 and r.concurrency == 4
-    assert {q.worker for q in r.requests} <= set(range(4))
-    assert r.first_error() is not None and r.first_error().startswith("RuntimeError: bad")
-    assert r.throughput_per_s > 0 and r.stats().n == 40
-    with pytest.raises(BadInput):
-        capstone.closed_loop_calls(fn, concurrency=2)
-
-
 def test_in_process_option_is_measured_like_any_other(digits_and_model) -> None:  # type: ignore[no-untyped-def]
     x, y, cnn, expected = digits_and_model
     r = capstone.run_option("In-process", "In-process", _in_process(cnn), x, expected, (1, 4), [20, 40], 5.0, recovery_s=1.0, n_check=8, labels=y)
@@ -132,12 +117,7 @@ def test_deployed_checks_its_arguments_and_codecs() -> None:
         capstone.Deployed(stop=lambda: None)
     with pytest.raises(BadInput):
         capstone.Deployed(stop=lambda: None, url="http://127.0.0.1:1/x", codec="nope")
-    tf = capstone.CODECS["tfserving"]
-    assert tf.label({"predictions": [{"classes": 7, "probabilities": [0.0] * 10}]}) == 7
-    assert tf.label({"predictions": [[0.1, 0.9] + [0.0] * 8]}) == 1
-    x = data.load_digits().x_test[0]
-    for codec in capstone.CODECS.values():
-        json.dumps(codec.body(x))  # every body is plain JSON
+    assert capstone.CODECS["gateway"].encode(data.load_digits().x_test[0])["timeout_s"] == capstone.GATEWAY_TIMEOUT_S
 
 
 def test_table_plots_files_and_advice(digits_and_model, tmp_path) -> None:  # type: ignore[no-untyped-def]

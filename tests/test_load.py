@@ -98,3 +98,19 @@ def test_closed_loop_calls_records_answers_errors_and_exceptions() -> None:
     assert result.status_counts() == {"ok": 32, "ConnectionError": 4, "wrong answer": 4}
     with pytest.raises(BadInput):
         load.closed_loop_calls("10.1.2.3:8500", client, n_requests=1)
+
+
+def test_closed_loop_threads_records_every_call_and_every_error() -> None:
+    def fn(i: int) -> int:
+        if i % 5 == 0:
+            raise RuntimeError(f"bad {i}")
+        return i
+
+    r = load.closed_loop_threads(fn, concurrency=4, n_requests=50)
+    assert r.n == 50 and r.errors == 10 and r.concurrency == 4
+    assert {q.worker for q in r.requests} <= set(range(4))
+    assert r.first_error() is not None and r.first_error().startswith("RuntimeError: bad")
+    assert r.throughput_per_s > 0 and r.stats().n == 40
+    assert r.status_counts() == {"ok": 40, "RuntimeError": 10}  # not HTTP: no status, like closed_loop_calls
+    with pytest.raises(BadInput):
+        load.closed_loop_threads(fn, concurrency=2)

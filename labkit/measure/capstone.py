@@ -2,14 +2,14 @@
 
 An *option* is a way to serve the digit CNN (in-process, a process pool, Celery, Ray, a
 Deployment, TorchServe, TF Serving). The notebook writes each option's deployment code in view,
-as a function returning a ``Deployed``: how to send one prediction (an HTTP URL + a codec, or a
+as a function returning a ``Deployed``: how to send one prediction (an HTTP URL + a ``wire`` codec, or a
 Python callable), which processes serve it, how to kill one worker, how to stop it. ``run_option``
 then does the same thing to every option::
 
     deployed = deploy()                    # start, timed until the first prediction
     check answers on the same test digits
-    closed loop at each concurrency        # labkit.measure.load.closed_loop, or threads for callables
-    RSS of the serving process tree, CPU seconds per 1,000 requests (psutil)
+    closed loop at each concurrency        # load.closed_loop, or load.closed_loop_threads for callables
+    RSS of the serving process tree, CPU seconds per 1,000 requests (runtime.process.tree_*)
     kill one worker under load → recovery time and requests lost
     stop
 
@@ -31,21 +31,22 @@ import numpy as np
 
 from labkit import config
 from labkit.errors import BadInput, ServiceUnavailable
+from labkit.apps import wire
+from labkit.apps.wire import Codec
+from labkit.measure import load
 from labkit.measure.load import LoadResult, Request
+from labkit.runtime import process
 from labkit.measure.timing import now
 
 __all__ = [
     "CODECS",
     "SEED_TABLE",
-    "Codec",
     "Deployed",
     "OptionResult",
     "advice",
-    "closed_loop_calls",
     "count_loc",
     "deploy_loc",
     "format_recovery",
-    "kill_descendant",
     "load_target",
     "measure_recovery",
     "notebook_sources",
@@ -55,9 +56,6 @@ __all__ = [
     "run_option",
     "save",
     "table",
-    "tree_cpu_s",
-    "tree_pids",
-    "tree_rss_mb",
 ]
 
 DEPLOY_MARKER = "# deploy:"
@@ -87,31 +85,8 @@ SEED_TABLE: dict[str, dict[str, str]] = {
 # ---------------------------------------------------------------- how to talk to each server
 
 
-@dataclass(frozen=True)
-class Codec:
-    """How one server wants one digit (``body``) and where its answer's class is (``label``)."""
-
-    name: str
-    body: Callable[[np.ndarray], Any]
-    label: Callable[[Any], int]
-
-
-def _flat(x: np.ndarray) -> list[float]:
-    return [float(v) for v in np.asarray(x, dtype=np.float32).reshape(64).round(4)]
-
-
-CODECS: dict[str, Codec] = {
-    "gateway": Codec("gateway", lambda x: {"images": [_flat(x)], "model": "cnn", "timeout_s": GATEWAY_TIMEOUT_S}, lambda r: int(r["pred"][0])),
-    "ray-serve": Codec("ray-serve", lambda x: {"x": np.asarray(x, dtype=np.float32).reshape(1, 1, 8, 8).tolist()}, lambda r: int(r["pred"][0])),
-    "model-server": Codec("model-server", lambda x: {"inputs": [_flat(x)], "tta": 1}, lambda r: int(r["predictions"][0])),
-    "torchserve": Codec("torchserve", lambda x: {"pixels": np.asarray(x, dtype=np.float32).reshape(8, 8).round(4).tolist()}, lambda r: int(r["label"])),
-    "tfserving": Codec("tfserving", lambda x: {"instances": [_flat(x)]}, lambda r: _tf_label(r["predictions"][0])),
-}
-
-
-def _tf_label(prediction: Any) -> int:
-    """A TF Serving row: ``{"classes": k, "probabilities": [...]}`` (several outputs) or just the probabilities."""
-    return int(prediction["classes"]) if isinstance(prediction, dict) else int(np.argmax(prediction))
+# The gateway's codec waits GATEWAY_TIMEOUT_S for a task; the other servers' codecs are wire's own.
+CODECS: dict[str, Codec] = {**wire.CODECS, "gateway": wire.GatewayCodec(timeout_s=GATEWAY_TIMEOUT_S)}
 
 
 @dataclass
@@ -146,7 +121,7 @@ class Deployed:
         import httpx
 
         codec = CODECS[self.codec]  # type: ignore[index]
-        resp = httpx.post(self.url, json=codec.body(x), timeout=timeout_s)  # type: ignore[arg-type]
+        resp = httpx.post(self.url, json=codec.encode(x), timeout=timeout_s)  # type: ignore[arg-type]
         resp.raise_for_status()
         return codec.label(resp.json())
 
@@ -154,56 +129,14 @@ class Deployed:
 # ---------------------------------------------------------------- load, memory, CPU
 
 
-def closed_loop_calls(fn: Callable[[int], Any], concurrency: int = 8, n_requests: int | None = None, duration_s: float | None = None) -> LoadResult:
-    """``load.closed_loop`` for a Python callable: ``concurrency`` threads each call ``fn(i)`` back to back.
-
-    Records the same ``load.Request`` records (status 200, or the exception as ``error``), so
-    stats, CDFs and tables read callables and HTTP servers alike. Stops after ``n_requests`` or
-    ``duration_s``, whichever comes first.
-    """
-    if n_requests is None and duration_s is None:
-        raise BadInput("give n_requests or duration_s (or both): a load test must stop by itself")
-    if not 1 <= concurrency <= 1024:
-        raise BadInput(f"concurrency must be in 1..1024, got {concurrency}")
-    result = LoadResult(concurrency=concurrency)
-    lock = threading.Lock()
-    counter = iter(range(n_requests if n_requests is not None else 10**9))
-    result.started = now()
-    deadline = result.started + duration_s if duration_s is not None else float("inf")
-
-    def worker(w: int) -> None:
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None or now() >= deadline:
-                return
-            t0 = now()
-            try:
-                fn(i)
-                rec = Request(t0, now() - t0, 200, None, w)
-            except Exception as exc:  # recorded, not raised: a load test counts failures
-                rec = Request(t0, now() - t0, None, f"{type(exc).__name__}: {exc}"[:200], w)
-            with lock:
-                result.requests.append(rec)
-
-    threads = [threading.Thread(target=worker, args=(w,), name=f"labkit-calls-{w}", daemon=True) for w in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    result.elapsed_s = now() - result.started
-    return result
-
-
 def load_target(deployed: Deployed, x: np.ndarray, concurrency: int, n_requests: int | None = None, duration_s: float | None = None) -> LoadResult:
     """Closed-loop load on one option, one digit per request (request i sends ``x[i % len(x)]``)."""
     if deployed.call is not None:
         call = deployed.call
-        return closed_loop_calls(lambda i: call(x[i % len(x)]), concurrency, n_requests, duration_s)
-    from labkit.measure import load
+        return load.closed_loop_threads(lambda i: call(x[i % len(x)]), concurrency, n_requests, duration_s)
 
     codec = CODECS[deployed.codec]  # type: ignore[index]
-    bodies = [codec.body(xi) for xi in x]
+    bodies = [codec.encode(xi) for xi in x]
 
     def check(resp: Any) -> str | None:
         try:
@@ -215,74 +148,8 @@ def load_target(deployed: Deployed, x: np.ndarray, concurrency: int, n_requests:
     return load.closed_loop(deployed.url, lambda i: bodies[i % len(bodies)], concurrency=concurrency, n_requests=n_requests, duration_s=duration_s, check=check)  # type: ignore[arg-type]
 
 
-def tree_pids(roots: Iterable[int]) -> list[int]:
-    """The given pids and all their live descendants, each once."""
-    import psutil
-
-    out: dict[int, None] = {}
-    for pid in roots:
-        try:
-            p = psutil.Process(pid)
-            out[pid] = None
-            for c in p.children(recursive=True):
-                out[c.pid] = None
-        except psutil.NoSuchProcess:
-            continue
-    return list(out)
-
-
-def tree_rss_mb(roots: Iterable[int]) -> float:
-    """Resident memory of ``roots`` and their descendants, in MB (2**20 bytes)."""
-    import psutil
-
-    total = 0
-    for pid in tree_pids(roots):
-        try:
-            total += psutil.Process(pid).memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total / 2**20
-
-
-def tree_cpu_s(roots: Iterable[int]) -> dict[int, float]:
-    """CPU seconds (user + system) used so far by each process of the trees: ``{pid: seconds}``."""
-    import psutil
-
-    out = {}
-    for pid in tree_pids(roots):
-        try:
-            t = psutil.Process(pid).cpu_times()
-            out[pid] = t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
 def _cpu_delta(before: Mapping[int, float], after: Mapping[int, float]) -> float:
     return sum(v - before.get(pid, 0.0) for pid, v in after.items() if v >= before.get(pid, 0.0))
-
-
-def kill_descendant(roots: Iterable[int], *markers: str) -> str:
-    """SIGKILL one process of the trees below ``roots`` whose name or command line contains a marker.
-
-    Markers are tried in order (e.g. a busy Ray worker ``"ray::classify"``, then an idle ``"ray::IDLE"``).
-    """
-    import signal
-
-    import psutil
-
-    pids = [p for p in tree_pids(list(roots)) if p != os.getpid()]
-    for marker in markers:
-        for pid in pids:
-            try:
-                p = psutil.Process(pid)
-                text = p.name() + " " + " ".join(p.cmdline())
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-            if marker in text:
-                os.kill(pid, signal.SIGKILL)
-                return f"{p.name()} (pid {pid})"
-    raise BadInput(f"no process matching {markers} below the given pids")
 
 
 # ---------------------------------------------------------------- recovery after a kill
@@ -413,7 +280,7 @@ def run_option(
         if warmup:
             load_target(deployed, x, WARMUP_CONCURRENCY, n_requests=warmup, duration_s=30.0)
         roots = lambda: [me, *deployed.pids()]  # noqa: E731  (the client kernel + what serves)
-        before = tree_cpu_s(roots())
+        before = process.tree_cpu_s(roots())
         n_total, rss = 0, []
         counts = [n_requests] * len(concurrencies) if isinstance(n_requests, int) else list(n_requests)
         for c, n in zip(tqdm(concurrencies, desc=name, leave=False), counts):
@@ -424,8 +291,8 @@ def run_option(
             res.latencies_s[c] = r.latencies_s()
             n_total += r.n
             serving = [p for p in deployed.pids()] if not deployed.in_process else [me]
-            rss.append(tree_rss_mb(serving) if serving else 0.0)
-        after = tree_cpu_s(roots())
+            rss.append(process.tree_rss_mb(serving) if serving else 0.0)
+        after = process.tree_cpu_s(roots())
         res.cpu_s_per_1k = round(_cpu_delta(before, after) / n_total * 1000, 3)
         res.rss_mb = round(max(rss), 1)
         if recovery_s:

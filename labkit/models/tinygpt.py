@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.errors import BadInput
+from labkit.models import store
 from labkit.runtime import cache
 
 __all__ = [
@@ -223,20 +224,7 @@ def _path(cfg: GPTConfig) -> Path:
 def trained(cfg: GPTConfig = GPTConfig(), progress: bool = True) -> TinyGPT:
     """Return a trained TinyGPT: from the disk cache, or trained now (seconds) and cached."""
 
-    def load(p: Path) -> TinyGPT:
-        model = build(cfg)
-        model.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
-        return model.eval()
-
-    def make(p: Path) -> TinyGPT:
-        model = train(cfg, progress=progress)
-        tmp = p.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(p)
-        return model
-
-    model, _ = cache.load_or_build(_path(cfg), load, make)
-    return model
+    return store.load_or_train(_path(cfg), lambda: build(cfg), lambda: train(cfg, progress=progress))
 
 
 def is_cached(cfg: GPTConfig = GPTConfig()) -> bool:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from labkit.errors import BadInput
+from labkit.models import store
 from labkit.runtime import cache
 
 __all__ = [
@@ -126,22 +127,7 @@ def heatmap_targets(scenes: Any, sigma: float = 0.8) -> np.ndarray:
 
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: VisionConfig, loss_fn: nn.Module, desc: str, progress: bool) -> nn.Module:
-    from tqdm.auto import tqdm
-
-    gen = torch.Generator().manual_seed(config.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    model.train()
-    bar = tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False)
-    for _ in bar:
-        order = torch.randperm(len(x), generator=gen)
-        for start in range(0, len(x), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            loss = loss_fn(model(x[batch]), y[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-    return model.eval()
+    return store.fit(model, len(x), lambda batch: loss_fn(model(x[batch]), y[batch]), config.epochs, config.batch_size, config.lr, config.seed, desc, progress, loss_digits=4)
 
 
 def _training_scenes(config: VisionConfig) -> Any:
@@ -152,21 +138,7 @@ def _training_scenes(config: VisionConfig) -> Any:
 
 def _cached(name: str, config: VisionConfig, build: Any, make: Any) -> nn.Module:
     path = cache.cached_path("models", name, asdict(config), f"{CODE_VERSION}-torch{torch.__version__}")
-
-    def load(p: Path) -> nn.Module:
-        model = build()
-        model.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
-        return model.eval()
-
-    def save(p: Path) -> nn.Module:
-        model = make()
-        tmp = p.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(p)
-        return model
-
-    model, _ = cache.load_or_build(path, load, save)
-    return model
+    return store.load_or_train(path, build, make)
 
 
 def trained_denoiser(config: VisionConfig = VisionConfig(channels=DENOISER_CHANNELS), progress: bool = True) -> Denoiser:
