@@ -26,6 +26,8 @@ created. Import the module you need by name: ``from labkit.runtime import hardwa
 
 from __future__ import annotations
 
+from labkit.show import show
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -44,4 +46,5 @@ __all__ = [
     "plots",
     "runtime",
     "services",
+    "show",
 ]

@@ -35,7 +35,10 @@ class SweepPoint:
 
 
 def batch_sweep(model: Any, batch_sizes: Sequence[int], repeats: int = 10, threads: int | None = None, progress: bool = True) -> list[SweepPoint]:
-    """Time ``model`` on random digit batches of each size (median of ``repeats`` after a warm-up)."""
+    """Time ``model`` on random digit batches of each size (median of ``repeats`` after a warm-up).
+
+    Shown in 00 §4.
+    """
     import statistics
 
     import torch
@@ -96,7 +99,10 @@ def _throughput_alone(model: Any, n_threads: int, seconds: float) -> float:
 
 def oversubscription(seconds: float = OVERSUB_SECONDS, n_processes: int = 2) -> dict[str, float]:
     """Throughput (items/s) of: one process using every core; ``n_processes`` processes with
-    every core's worth of threads each (oversubscribed); ``n_processes`` with 1 thread each."""
+    every core's worth of threads each (oversubscribed); ``n_processes`` with 1 thread each.
+
+    Shown in 00 §5.
+    """
     from labkit.errors import WorkerFailed
     from labkit.models import digit_nets
     from labkit.runtime import hardware

@@ -82,6 +82,8 @@ def kill_during_batch(workers: list[Any], n: int = 20, repeats: int = 600, timeo
 
     Every result is checked against the CNN run here; ``redelivery_s`` is the time from the kill
     until the killed task's result arrived (done by another worker, after the broker gave it back).
+
+    Shown in 06 §5 (its docstring).
     """
     import time
 

@@ -162,6 +162,8 @@ def measure_recovery(deployed: Deployed, x: np.ndarray, duration_s: float, concu
     ``SLOW_FACTOR`` × the pre-kill median. ``recovery_s`` = the last disrupted request's end −
     the kill: how long until every client had its answer (or its error); None when no request
     sent after the last failure succeeded (not recovered). ``lost`` = failed requests.
+
+    Shown in 14 (how every option is measured).
     """
     if deployed.kill is None:
         return {"recovery_s": None, "lost": None, "killed": None, "recovered": None, "note": deployed.kill_note or "no worker to kill"}

@@ -42,7 +42,10 @@ Arch = Literal["cnn", "mlp"]
 
 
 class DigitCNN(nn.Module):
-    """A small CNN for 8×8 digits: two 3×3 convs, a 2×2 max-pool, two linear layers."""
+    """A small CNN for 8×8 digits: two 3×3 convs, a 2×2 max-pool, two linear layers.
+
+    Shown in 00 §3.
+    """
 
     def __init__(self, channels: int = 16, hidden: int = 64) -> None:
         super().__init__()

@@ -128,6 +128,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(d_model, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Causal self-attention over ``x`` (batch, time, dim). Shown in 03 (tensor parallelism)."""
         b, t, _ = x.shape
         # -1 heads: the full model has n_heads here, a tensor-parallel rank has n_heads / world_size
         q, k, v = (lin(x).view(b, t, -1, self.head_dim).transpose(1, 2) for lin in (self.q, self.k, self.v))

@@ -144,8 +144,11 @@ def _infer(model: Any, x: np.ndarray, start: int, stop: int, device: str) -> np.
     return torch.cat(outs).numpy() if outs else np.zeros((0, 10), np.float32)
 
 
-def _replica_main(rank: int, config: Any, base: np.ndarray, n_items: int, seed: int, n_threads: int, device: str, inbox: Any, work: Any, outbox: Any) -> None:
-    """A replica: load the model once, then serve commands from ``inbox`` until told to stop."""
+def replica_main(rank: int, config: Any, base: np.ndarray, n_items: int, seed: int, n_threads: int, device: str, inbox: Any, work: Any, outbox: Any) -> None:
+    """A replica: load the model once, then serve commands from ``inbox`` until told to stop.
+
+    Shown in 04 §2.
+    """
     die_with_parent()
     name = f"replica-{rank}"
     try:
@@ -240,7 +243,7 @@ class ReplicaPool:
         self.info: dict[int, dict[str, Any]] = {}
         t0 = now()
         self._procs = [
-            ctx.Process(target=_replica_main, args=(r, self.config, load_digits().x_test, n_items, seed, n_threads, self.devices[r], self._inboxes[r], self._work, self._outbox), name=f"replica-{r}", daemon=True)
+            ctx.Process(target=replica_main, args=(r, self.config, load_digits().x_test, n_items, seed, n_threads, self.devices[r], self._inboxes[r], self._work, self._outbox), name=f"replica-{r}", daemon=True)
             for r in range(n_replicas)
         ]
         for p in self._procs:
@@ -367,8 +370,11 @@ class ReplicaPool:
 # ---------------------------------------------------------------- torch.distributed
 
 
-def _rank_main(rank: int, world: int, port: int, backend: str, config: Any, base: np.ndarray, n_items: int, seed: int, fail_rank: int, results: Any) -> None:
-    """One rank: broadcast weights from rank 0, scatter equal shards, infer, gather to rank 0."""
+def rank_main(rank: int, world: int, port: int, backend: str, config: Any, base: np.ndarray, n_items: int, seed: int, fail_rank: int, results: Any) -> None:
+    """One rank: broadcast weights from rank 0, scatter equal shards, infer, gather to rank 0.
+
+    Shown in 04 §6.
+    """
     from datetime import timedelta
 
     import torch
@@ -442,7 +448,7 @@ def run_distributed(n_ranks: int = 2, n_items: int = 20_000, backend: str = "glo
     digit_nets.trained(config, progress=False)
     results = tmp.get_context("spawn").SimpleQueue()
     t0 = now()
-    ctx = tmp.start_processes(_rank_main, args=(n_ranks, free_port(), backend, config, load_digits().x_test, n_items, seed, fail_rank, results), nprocs=n_ranks, join=False, start_method="spawn")
+    ctx = tmp.start_processes(rank_main, args=(n_ranks, free_port(), backend, config, load_digits().x_test, n_items, seed, fail_rank, results), nprocs=n_ranks, join=False, start_method="spawn")
     deadline = now() + timeout_s
     res: dict[str, Any] | None = None
     errors: list[dict[str, Any]] = []

@@ -168,7 +168,11 @@ def soft_average(logits: np.ndarray, weights: Sequence[float] | None = None) -> 
     return probs.argmax(axis=1)
 
 
-def _vote(arr: np.ndarray, w: np.ndarray) -> np.ndarray:
+def vote(arr: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Each member votes for its top class with weight ``w[i]``; ties go to the highest mean probability.
+
+    Shown in 02 §2.
+    """
     votes = np.zeros(arr.shape[1:])
     for member_logits, weight in zip(arr, w):
         votes[np.arange(arr.shape[1]), member_logits.argmax(axis=1)] += weight
@@ -182,13 +186,13 @@ def _vote(arr: np.ndarray, w: np.ndarray) -> np.ndarray:
 def majority_vote(logits: np.ndarray) -> np.ndarray:
     """Each member votes for its top class; most votes wins (ties: highest mean probability, then lowest class)."""
     arr, w = _check(logits, None)
-    return _vote(arr, w)
+    return vote(arr, w)
 
 
 def weighted_vote(logits: np.ndarray, weights: Sequence[float]) -> np.ndarray:
     """Like ``majority_vote`` but member i's vote counts ``weights[i]`` (same tie rule)."""
     arr, w = _check(logits, weights)
-    return _vote(arr, w)
+    return vote(arr, w)
 
 
 def combine(logits: np.ndarray, rule: str = "soft", weights: Sequence[float] | None = None) -> np.ndarray:
@@ -290,12 +294,15 @@ def run_threads(members: Sequence[nn.Module], x: np.ndarray, n_workers: int = 2,
         return np.stack(list(pool.map(one, range(len(members)))))
 
 
-# Worker-process state: set once by _init_worker, read by every call (spawned processes import this module).
+# Worker-process state: set once by init_worker, read by every call (spawned processes import this module).
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(configs: Sequence[TrainConfig], member_ids: Sequence[int], n_threads: int) -> None:
-    """Initializer of a worker process: 1 torch thread, load its members once (from the disk cache)."""
+def init_worker(configs: Sequence[TrainConfig], member_ids: Sequence[int], n_threads: int) -> None:
+    """Initializer of a worker process: 1 torch thread, load its members once (from the disk cache).
+
+    Shown in 02 §4.
+    """
     die_with_parent()
     import torch
 
@@ -315,8 +322,11 @@ def _worker_ready() -> dict[str, Any]:
     return _usage()
 
 
-def _worker_run(x: np.ndarray, member_ids: Sequence[int], worker: str) -> dict[str, Any]:
-    """Run this worker's members on ``x``; return logits, spans, and the process's pid, RSS and CPU time."""
+def worker_run(x: np.ndarray, member_ids: Sequence[int], worker: str) -> dict[str, Any]:
+    """Run this worker's members on ``x``; return logits, spans, and the process's pid, RSS and CPU time.
+
+    Shown in 02 §4.
+    """
     outs, spans = {}, []
     for i in member_ids:
         start = now()
@@ -368,7 +378,7 @@ class MemberPool:
         with patch_environment(OMP_NUM_THREADS=self.threads_per_worker, MKL_NUM_THREADS=self.threads_per_worker):
             for k in range(self.n_workers):
                 ids = list(range(k, len(self.configs), self.n_workers))
-                ex = ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker, initargs=([self.configs[i] for i in ids], ids, self.threads_per_worker))
+                ex = ProcessPoolExecutor(1, mp_context=ctx, initializer=init_worker, initargs=([self.configs[i] for i in ids], ids, self.threads_per_worker))
                 self._executors.append(ex)
                 self.stats.append(WorkerStats(f"proc-{k}", 0, ids))
             try:
@@ -390,7 +400,7 @@ class MemberPool:
         for s, ex in zip(self.stats, self._executors):
             mine = [i for i in s.members if i in wanted]
             if mine:
-                futures.append((s, ex.submit(_worker_run, xs, mine, s.worker)))
+                futures.append((s, ex.submit(worker_run, xs, mine, s.worker)))
         outs: dict[int, np.ndarray] = {}
         for s, fut in futures:
             try:

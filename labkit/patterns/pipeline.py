@@ -155,7 +155,10 @@ def build_denoise() -> Callable[[Any], Any]:
 
 
 def build_detect() -> Callable[[Any], Any]:
-    """Stage 2: load the detector; the function returns (images, one (k, 4) box array per image)."""
+    """Stage 2: load the detector; the function returns (images, one (k, 4) box array per image).
+
+    Shown in 01 §1.
+    """
     import torch
 
     from labkit.models import vision
@@ -342,10 +345,14 @@ def _apply(fn: Callable[[Any], Any], seq: int, payload: Any, sent: float, worker
         return fn(payload)
 
 
-def _thread_worker(
+def thread_worker(
     worker: str, stage: str, fn: Callable[[Any], Any], qin: Any, qout: Any, n_next: int, countdown: _Countdown,
     stop: threading.Event, timeline: Timeline, hops: list[float], errors: list[tuple[str, str, BaseException]],
 ) -> None:
+    """One worker thread of ``run_threads``: take an item, run ``fn``, pass it on; the last one out passes END.
+
+    Shown in 01 §3 (what one worker thread of the pipeline does).
+    """
     try:
         while True:
             env = _get(qin, stop)
@@ -465,7 +472,7 @@ def run_threads(stages: Sequence[Stage], items: Sequence[Any], queue_depth: int 
                 except Exception as exc:
                     raise WorkerFailed(f"stage {stage.name!r} ({worker}, while loading)", exc) from exc
                 args = (worker, stage.name, fn, qs[k], qs[k + 1], n_next, countdown, stop, timeline, hops[hop_names[k]], errors)
-                threads.append(threading.Thread(target=_thread_worker, args=args, name=f"{THREAD_PREFIX}-{worker}", daemon=True))
+                threads.append(threading.Thread(target=thread_worker, args=args, name=f"{THREAD_PREFIX}-{worker}", daemon=True))
         n_warm, warm = _warmups(stages, warmup), threading.Event()
         feeder = threading.Thread(target=_feed, args=(items, qs[0], stages[0].replicas, stop, entered, n_warm, warm), name=f"{THREAD_PREFIX}-source", daemon=True)
         threads.append(feeder)

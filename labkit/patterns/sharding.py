@@ -180,7 +180,10 @@ def live_ranks() -> list[int]:
 
 
 def crash_worker(rank: int, world_size: int, device: torch.device, crash_rank: int = 1) -> None:
-    """Raise on ``crash_rank``; every other rank waits in a barrier that would never finish alone."""
+    """Raise on ``crash_rank``; every other rank waits in a barrier that would never finish alone.
+
+    Shown in 03 (when a rank crashes).
+    """
     import torch.distributed as dist
 
     if rank == crash_rank:
@@ -228,6 +231,8 @@ def tp_plan() -> dict[str, Any]:
     A column-sharded linear keeps a slice of the output features (here: a subset of the heads,
     half of the MLP hidden units); the row-sharded linear after it consumes exactly that slice and
     produces partial sums, which one all-reduce adds up. Two all-reduces per block, no other traffic.
+
+    Shown in 03 (tensor parallelism).
     """
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
@@ -242,7 +247,10 @@ def tp_plan() -> dict[str, Any]:
 
 
 def shard_tinygpt(model: TinyGPT, mesh: Any) -> TinyGPT:
-    """Apply ``tp_plan()`` to every block of ``model`` on a 1-D device mesh (embeddings, norms, head stay replicated)."""
+    """Apply ``tp_plan()`` to every block of ``model`` on a 1-D device mesh (embeddings, norms, head stay replicated).
+
+    Shown in 03 (tensor parallelism).
+    """
     from torch.distributed.tensor.parallel import parallelize_module
 
     n = mesh.size()
@@ -265,7 +273,10 @@ def tp_worker(
     repeats: int,
     x_timed: torch.Tensor,
 ) -> dict[str, Any]:
-    """One tensor-parallel rank: shard TinyGPT, run logits + greedy generation, time forward and all-reduces."""
+    """One tensor-parallel rank: shard TinyGPT, run logits + greedy generation, time forward and all-reduces.
+
+    Shown in 03 (tensor parallelism).
+    """
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -407,7 +418,10 @@ class _Stage(nn.Module):
 
 
 def split_stages(model: TinyGPT, n_stages: int) -> list[nn.Module]:
-    """Cut TinyGPT into ``n_stages`` consecutive stages with (as nearly as possible) equal numbers of blocks."""
+    """Cut TinyGPT into ``n_stages`` consecutive stages with (as nearly as possible) equal numbers of blocks.
+
+    Shown in 03 (pipeline parallelism).
+    """
     n = model.cfg.n_layers
     if not 1 <= n_stages <= n:
         raise BadInput(f"{n_stages} stages need between 1 and n_layers={n} stages")

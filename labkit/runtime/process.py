@@ -41,6 +41,7 @@ __all__ = [
     "DEATH_SIGNAL",
     "Handle",
     "ManagedProcess",
+    "alive",
     "assert_nothing_left",
     "die_with_parent",
     "free_port",
@@ -476,25 +477,43 @@ def kill_descendant(roots: Iterable[int], *markers: str) -> str:
 # ---------------------------------------------------------------- the clean-up check
 
 
+def alive(pids: Iterable[int]) -> list[int]:
+    """Those of ``pids`` that are still running (a zombie, dead but not yet reaped, is not)."""
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
 def assert_nothing_left(
-    before: Iterable[int] = (),
+    pids: Iterable[int] = (),
     extra: Callable[[], Sequence[str]] | None = None,
+    before: Iterable[int] = (),
     quiet: bool = False,
 ) -> list[str]:
-    """Fail (AssertionError) if a process this interpreter started is still running; else say so.
+    """Fail (AssertionError) if anything this interpreter started is still running; else say so.
 
-    Checks the pid registry (``started_here()``, less the pids in ``before``) and, when given,
-    ``extra()``: more descriptions of live processes (e.g. ``ray_service.leftover_processes``).
-    Prints ``nothing left running: <what was checked>`` unless ``quiet``; returns what was checked.
-    Shown in the clean-up cell of 06, 07, 09 and 14; tests/conftest.py uses it after each test.
+    Checks labkit's pid registry (``started_here()``, less the pids in ``before``), the given
+    ``pids`` (workers of a pool, a server's process tree) and, when given, ``extra()``: descriptions
+    of what else is alive (e.g. a Ray cluster's ``leftover``). Prints ``nothing left running: …``
+    naming what was checked, unless ``quiet``; returns those names. Shown in the clean-up cell of
+    00, 03–07, 09 and 14; tests/conftest.py checks every test with it.
     """
     skip = set(before)
+    pids = list(pids)
     left = [f"{i['name']} (pid {i['pid']})" for i in started_here() if i["pid"] not in skip]
+    left += [f"pid {pid}" for pid in alive(pids) if pid not in skip and pid != os.getpid()]
     if extra is not None:
         left += list(extra())
     if left:
         raise AssertionError(f"still running after clean-up: {', '.join(left)}")
-    checked = ["labkit's pid registry"] + (["the extra check"] if extra is not None else [])
+    checked = ["labkit's pid registry"] + ([f"{len(pids)} given process(es)"] if pids else []) + (["the extra check"] if extra is not None else [])
     if not quiet:
-        print(f"nothing left running: {' and '.join(checked)} checked")
+        print(f"nothing left running: {', '.join(checked)} checked")
     return checked

@@ -273,6 +273,8 @@ def start(num_cpus: int = DEFAULT_NUM_CPUS, num_gpus: int | None = None, address
 
     Local settings: ``num_cpus`` CPUs, no dashboard, worker output kept in log files, nodes on
     127.0.0.1. Extra keyword arguments go to ``ray.init``.
+
+    Shown in 07 (Start Ray).
     """
     try:
         import ray
