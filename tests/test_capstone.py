@@ -43,7 +43,7 @@ def test_in_process_option_is_measured_like_any_other(digits_and_model) -> None:
 def test_wrong_answers_and_start_failures_become_unavailable_rows(digits_and_model) -> None:  # type: ignore[no-untyped-def]
     x, y, cnn, expected = digits_and_model
     stopped = []
-    wrong = lambda: capstone.Deployed(call=lambda x: 11, stop=lambda: stopped.append(1))  # noqa: E731
+    wrong = lambda: capstone.Deployed(call=lambda x: 11, stop=lambda: stopped.append(1))
 
     def missing() -> capstone.Deployed:
         raise ServiceUnavailable("no broker here", "apt-get install it")

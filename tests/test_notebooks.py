@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
 from pathlib import Path
 
@@ -109,7 +108,7 @@ def _labkit_names(nb: nbformat.NotebookNode) -> tuple[dict[str, str], list[ast.A
             elif isinstance(node, ast.Import):
                 for a in node.names:
                     if a.name.split(".")[0] == "labkit":
-                        bound[a.asname or a.name.split(".")[0]] = a.asname and a.name or "labkit"
+                        bound[a.asname or a.name.split(".")[0]] = (a.asname and a.name) or "labkit"
     return bound, trees
 
 

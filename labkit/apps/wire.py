@@ -56,7 +56,7 @@ def digits(x: Any) -> np.ndarray:
 
 
 def _rows(x: Any) -> list[list[float]]:
-    return digits(x).reshape(-1, PIXELS).tolist()  # type: ignore[no-any-return]
+    return digits(x).reshape(-1, PIXELS).tolist()
 
 
 def _field(body: Any, key: str, shape_hint: str) -> Any:

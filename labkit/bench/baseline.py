@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -54,7 +55,7 @@ def batch_sweep(model: Any, batch_sizes: Sequence[int], repeats: int = 10, threa
     with hardware.threads_limited(n_threads), torch.inference_mode():
         for bs in tqdm(list(batch_sizes), desc="batch sizes", disable=not progress, leave=False):
             x = torch.rand(bs, 1, 8, 8)
-            t = statistics.median(measure(lambda: model(x), repeats=repeats, warmup=2))
+            t = statistics.median(measure(functools.partial(model, x), repeats=repeats, warmup=2))
             out.append(SweepPoint(bs, t * 1e3, bs / t, flops * bs / t / 1e9))
     return out
 

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from labkit import bench
-from labkit.models import wide
 from labkit.measure.timing import latency_stats, now
+from labkit.models import wide
 
 if TYPE_CHECKING:
     from labkit.measure.batching import BatchingSweep
@@ -90,7 +90,7 @@ def _deployment(width: int) -> Any:
 
             torch.set_num_threads(1)
             self.model = wide.wide_trained(width)
-            self.predict.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
+            self.predict.set_max_batch_size(max_batch_size)
 
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=BATCH_WAIT_S)
         async def predict(self, xs: list[np.ndarray]) -> list[list[int]]:

@@ -13,7 +13,9 @@ Used by 09 (the same code) and 11.
 
 from __future__ import annotations
 
+import functools
 import os
+import statistics
 from typing import Any
 
 from labkit import bench, config, data
@@ -75,5 +77,5 @@ def _in_process_gain(model: Any, images: Any) -> float:
     with hardware.threads_limited(1), torch.inference_mode():
         for b in (1, 32):
             xb = torch.tensor(np.asarray(images[:b])).to(next(model.parameters()).dtype)
-            per_item[b] = float(np.median(timing.measure(lambda: model(xb), repeats=5))) / b
+            per_item[b] = statistics.median(timing.measure(functools.partial(model, xb), repeats=5)) / b
     return per_item[1] / per_item[32]

@@ -127,10 +127,10 @@ def check_wait_for(fn: Callable[[Any, float], Any] | None) -> bool:
                     await asyncio.sleep(0.005)
 
             t = asyncio.create_task(ticker())
-            value = await fn(_FakeResult({"pred": [7]}, 0.15), 2.0)  # type: ignore[misc]
+            value = await fn(_FakeResult({"pred": [7]}, 0.15), 2.0)
             timed_out = False
             try:
-                await fn(_FakeResult(None, 60.0), 0.1)  # type: ignore[misc]
+                await fn(_FakeResult(None, 60.0), 0.1)
             except (TimeoutError, asyncio.TimeoutError):
                 timed_out = True
             stop = True

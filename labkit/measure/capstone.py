@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 
 from labkit import config
-from labkit.errors import BadInput, ServiceUnavailable
 from labkit.apps import wire
 from labkit.apps.wire import Codec
+from labkit.errors import BadInput, ServiceUnavailable
 from labkit.measure import load
 from labkit.measure.load import LoadResult, Request
-from labkit.runtime import process
 from labkit.measure.timing import now
+from labkit.runtime import process
 
 __all__ = [
     "CODECS",
@@ -278,10 +278,10 @@ def run_option(
             acc = float(np.mean(preds == labels[:n_check])) if labels is not None else agree
             if acc < 0.8:
                 raise AssertionError(f"{name}: only {acc:.0%} of {n_check} digits right")
-            res.correct = f"{int(round(acc * n_check))}/{n_check} right (its own model)"
+            res.correct = f"{round(acc * n_check)}/{n_check} right (its own model)"
         if warmup:
             load_target(deployed, x, WARMUP_CONCURRENCY, n_requests=warmup, duration_s=30.0)
-        roots = lambda: [me, *deployed.pids()]  # noqa: E731  (the client kernel + what serves)
+        roots: Callable[[], list[int]] = lambda: [me, *deployed.pids()]
         before = process.tree_cpu_s(roots())
         n_total, rss = 0, []
         counts = [n_requests] * len(concurrencies) if isinstance(n_requests, int) else list(n_requests)

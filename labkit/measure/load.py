@@ -174,7 +174,7 @@ def _run(coro_factory: Callable[[], Any]) -> LoadResult:
     t.join()
     if "error" in box:
         raise box["error"]
-    return box["result"]  # type: ignore[no-any-return]
+    return box["result"]
 
 
 def closed_loop(

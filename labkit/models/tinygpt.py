@@ -32,11 +32,11 @@ from labkit.models import store
 from labkit.runtime import cache
 
 __all__ = [
+    "CODE_VERSION",
+    "MLP",
     "Attention",
     "Block",
-    "CODE_VERSION",
     "GPTConfig",
-    "MLP",
     "TinyGPT",
     "Vocab",
     "build",

@@ -15,7 +15,6 @@ Used in 01.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -155,7 +154,7 @@ def trained_denoiser(config: VisionConfig = VisionConfig(channels=DENOISER_CHANN
         with torch.random.fork_rng():
             return _train(build(), x, y, config, nn.MSELoss(), "train denoiser", progress)
 
-    return _cached("denoiser", config, build, make)  # type: ignore[return-value]
+    return _cached("denoiser", config, build, make)
 
 
 def trained_detector(config: VisionConfig = VisionConfig(epochs=10), progress: bool = True) -> Detector:
@@ -175,7 +174,7 @@ def trained_detector(config: VisionConfig = VisionConfig(epochs=10), progress: b
         with torch.random.fork_rng():
             return _train(build(), x, y, config, loss, "train detector", progress)
 
-    return _cached("detector", config, build, make)  # type: ignore[return-value]
+    return _cached("detector", config, build, make)
 
 
 def find_boxes(logits: torch.Tensor, threshold: float = PEAK_THRESHOLD) -> list[np.ndarray]:
@@ -221,7 +220,10 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
     iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
     inter = ix * iy
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+
+    def area(x: np.ndarray) -> np.ndarray:
+        return (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+
     union = area(a)[:, None] + area(b)[None, :] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -32,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from labkit.runtime.process import die_with_parent
 from labkit.errors import BadInput, WorkerFailed
 from labkit.measure.timing import Span, Timeline, now
+from labkit.runtime.process import die_with_parent
 
 __all__ = [
     "DataParallelRun",
@@ -42,7 +41,9 @@ __all__ = [
     "amdahl_speedup",
     "chunk_ranges",
     "make_dataset",
+    "rank_main",
     "reference_logits",
+    "replica_main",
     "run_distributed",
     "serial_fraction",
     "shard_ranges",
@@ -418,7 +419,7 @@ def rank_main(rank: int, world: int, port: int, backend: str, config: Any, base:
         spans: list[Any] = [None] * world
         dist.all_gather_object(spans, tl.to_dicts())
         if rank == 0:
-            logits = torch.cat(gathered).cpu().numpy()[:n_items]  # type: ignore[arg-type]
+            logits = torch.cat(gathered).cpu().numpy()[:n_items]
             results.put({"logits": logits, "hashes": hashes, "spans": [s for per in spans for s in per]})
     except Exception as exc:
         # report first, so the caller can name the rank that failed first (its peers then fail

@@ -19,20 +19,18 @@ highest mean probability over all members wins; if that also ties, the lowest cl
 from __future__ import annotations
 
 import math
-import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from labkit.runtime.environ import patch_environment
-from labkit.runtime.process import die_with_parent
 from labkit.errors import BadInput, WorkerFailed
 from labkit.measure.timing import Span, Timeline, now
+from labkit.runtime.environ import patch_environment
+from labkit.runtime.process import die_with_parent
 
 if TYPE_CHECKING:
     from torch import nn
@@ -49,6 +47,7 @@ __all__ = [
     "combine",
     "compare_runners",
     "corrupt",
+    "init_worker",
     "load_members",
     "majority_vote",
     "member_name",
@@ -57,8 +56,10 @@ __all__ = [
     "samme",
     "soft_average",
     "softmax",
+    "vote",
     "vote_weights",
     "weighted_vote",
+    "worker_run",
 ]
 
 RULES = ("soft", "vote", "weighted")
@@ -151,7 +152,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=-1, keepdims=True)
 
 
-def _check(logits: np.ndarray, weights: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray]:
+def _check(logits: np.ndarray, weights: Sequence[float] | np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     arr = np.asarray(logits, dtype=np.float64)
     if arr.ndim != 3:
         raise BadInput(f"logits must be shaped (n_members, n, n_classes), got {arr.shape}")
@@ -189,13 +190,13 @@ def majority_vote(logits: np.ndarray) -> np.ndarray:
     return vote(arr, w)
 
 
-def weighted_vote(logits: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+def weighted_vote(logits: np.ndarray, weights: Sequence[float] | np.ndarray) -> np.ndarray:
     """Like ``majority_vote`` but member i's vote counts ``weights[i]`` (same tie rule)."""
     arr, w = _check(logits, weights)
     return vote(arr, w)
 
 
-def combine(logits: np.ndarray, rule: str = "soft", weights: Sequence[float] | None = None) -> np.ndarray:
+def combine(logits: np.ndarray, rule: str = "soft", weights: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
     """Apply a combining rule by name: ``soft``, ``vote`` or ``weighted`` (which needs ``weights``)."""
     if rule == "soft":
         return soft_average(logits)
@@ -208,7 +209,7 @@ def combine(logits: np.ndarray, rule: str = "soft", weights: Sequence[float] | N
     raise BadInput(f"unknown combining rule {rule!r}; use one of {', '.join(RULES)}")
 
 
-def vote_weights(accuracies: Sequence[float], n_classes: int = N_CLASSES) -> np.ndarray:
+def vote_weights(accuracies: Sequence[float] | np.ndarray, n_classes: int = N_CLASSES) -> np.ndarray:
     """SAMME-style vote weights from accuracies: ``log(acc / (1 - acc)) + log(K - 1)``."""
     acc = np.clip(np.asarray(accuracies, dtype=np.float64), 1e-6, 1 - 1e-6)
     return np.log(acc / (1 - acc)) + math.log(n_classes - 1)

@@ -31,9 +31,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from labkit.runtime.process import die_with_parent
 from labkit.errors import BadInput, WorkerFailed
 from labkit.measure.timing import LatencyStats, Timeline, latency_stats, now
+from labkit.runtime.process import die_with_parent
 
 __all__ = [
     "QUEUE_DEPTH",
@@ -50,6 +50,7 @@ __all__ = [
     "run_sequential",
     "run_threads",
     "scene_stages",
+    "thread_worker",
     "to_batches",
     "with_replicas",
 ]
@@ -367,7 +368,7 @@ def thread_worker(
             result = _apply(fn, seq, payload, sent, worker, stage, timeline, hops)
             if not _put(qout, (seq, result, now()), stop):
                 return
-    except BaseException as exc:  # noqa: BLE001 — handed to the caller as WorkerFailed
+    except BaseException as exc:
         errors.append((worker, stage, exc))
         stop.set()
 
@@ -485,8 +486,8 @@ def run_threads(stages: Sequence[Stage], items: Sequence[Any], queue_depth: int 
             if t.is_alive() or t.ident is not None:
                 t.join(JOIN_TIMEOUT_S)
     if errors:
-        worker, stage_name, exc = errors[0]
-        raise WorkerFailed(f"stage {stage_name!r} ({worker})", exc) from exc
+        worker, stage_name, error = errors[0]
+        raise WorkerFailed(f"stage {stage_name!r} ({worker})", error) from error
     return _finish("threads", items, done, entered, timeline, hops)
 
 
@@ -527,7 +528,7 @@ def _process_worker(
         # Tensors sent downstream live in this process's shared memory until they are read:
         # stay alive until the parent has every result and says stop.
         stop.wait()
-    except BaseException as exc:  # noqa: BLE001 — sent to the parent, raised there as WorkerFailed
+    except BaseException as exc:
         if not stop.is_set():  # after a stop, errors are echoes of the first failure (lost shared tensors)
             report.put(("error", worker, (stage, f"{type(exc).__name__}: {exc}", traceback.format_exc())))
             stop.set()

@@ -227,7 +227,7 @@ def start_pool(n_workers: int = 2, model_names: Sequence[str] = MODEL_NAMES, n_t
             except queue.Empty:
                 broken = [f for f in probes if f.done() and f.exception() is not None]
                 if broken:
-                    raise WorkerFailed("pool start", broken[0].exception())  # type: ignore[arg-type]
+                    raise WorkerFailed("pool start", broken[0].exception()) from None  # type: ignore[arg-type]
                 if now() - t0 > timeout_s:
                     raise WorkerFailed("pool start", f"{len(workers)} of {n_workers} workers ready after {timeout_s:.0f} s") from None
     except BaseException:

@@ -15,12 +15,8 @@ because spawned processes must import them. Used in 03.
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
 import shutil
-import signal
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,11 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from labkit.runtime.environ import patch_environment
-from labkit.runtime.process import die_with_parent
 from labkit.errors import BadInput, WorkerFailed
 from labkit.measure import timing
 from labkit.models.tinygpt import GPTConfig, TinyGPT, generate, param_bytes, vocab
+from labkit.runtime.environ import patch_environment
+from labkit.runtime.process import die_with_parent
 
 __all__ = [
     "COLLECTIVE_TIMEOUT_S",
@@ -49,12 +45,12 @@ __all__ = [
     "gpipe_ideal_speedup",
     "intra_op_seconds",
     "live_ranks",
+    "pipeline_parallel",
     "pp_worker",
     "run_ranks",
     "shard_tinygpt",
     "split_stages",
     "tensor_parallel",
-    "pipeline_parallel",
     "tp_plan",
     "tp_worker",
 ]

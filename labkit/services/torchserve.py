@@ -35,15 +35,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from labkit import config
-from labkit.errors import BadInput, ServiceUnavailable
 from labkit.apps.wire import TorchServeCodec
+from labkit.errors import BadInput, ServiceUnavailable
 from labkit.runtime import process
 
 if TYPE_CHECKING:
@@ -320,11 +320,11 @@ class TorchServe(process.Handle):
 
     def describe(self, name: str, version: str | None = None) -> list[dict[str, Any]]:
         """``GET /models/NAME[/VERSION|/all]``: versions, batch settings, workers and their state."""
-        return self._request("GET", f"{self.management_url}/models/{name}/{version or 'all'}")  # type: ignore[no-any-return]
+        return self._request("GET", f"{self.management_url}/models/{name}/{version or 'all'}")
 
     def models(self) -> list[dict[str, Any]]:
         """``GET /models``: the registered model names."""
-        return self._request("GET", f"{self.management_url}/models")["models"]  # type: ignore[no-any-return]
+        return self._request("GET", f"{self.management_url}/models")["models"]
 
     # inference and metrics ------------------------------------------------------------------
     def predictions_url(self, name: str, version: str | None = None) -> str:
@@ -332,7 +332,7 @@ class TorchServe(process.Handle):
 
     def predict(self, name: str, image: Any, version: str | None = None, timeout_s: float = 60.0) -> dict[str, Any]:
         """``POST /predictions/NAME[/VERSION]`` with one image as JSON; return the handler's answer."""
-        return self._request("POST", self.predictions_url(name, version), timeout_s=timeout_s, json=TorchServeCodec().encode(image))  # type: ignore[no-any-return]
+        return self._request("POST", self.predictions_url(name, version), timeout_s=timeout_s, json=TorchServeCodec().encode(image))
 
     def metrics(self) -> list[MetricSample]:
         """``GET /metrics`` on the metrics port, parsed."""
@@ -470,7 +470,7 @@ def batching_sweep(
     mar: str,
     settings: Sequence[tuple[int, int]],
     concurrencies: Sequence[int],
-    images: Sequence[Any],
+    images: Iterable[Any],
     n_requests: int = 200,
     workers: int = 1,
     progress: bool = True,
