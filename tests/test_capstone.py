@@ -13,7 +13,7 @@ import pytest
 from labkit import data
 from labkit.errors import BadInput, ServiceUnavailable
 from labkit.exercises import ExerciseFailed, ex14
-from labkit.measure import capstone
+from labkit.measure import capstone, recovery, report
 from labkit.measure.load import Request
 from labkit.models import digit_nets
 
@@ -52,7 +52,7 @@ def test_wrong_answers_and_start_failures_become_unavailable_rows(digits_and_mod
     r2 = capstone.run_option("missing", "Celery", missing, x, expected, (1,), 5, 1.0, None)
     assert not r1.available and "equal" in r1.reason and stopped == [1]  # stopped even when it failed
     assert not r2.available and r2.reason == "no broker here — apt-get install it"
-    df = capstone.table([r1, r2], (1,))
+    df = report.table([r1, r2], (1,))
     assert df.loc["missing", "status"] == "not available: no broker here — apt-get install it"
     assert df.loc["missing", "Best for"] == "distributed task queues"
 
@@ -88,28 +88,28 @@ def test_recovery_from_request_records() -> None:
     normal = [_req(i * 0.01, 0.005) for i in range(100)]  # before the kill at t=1.0
     redelivered = [_req(0.999, 2.0)]  # in flight at the kill, answered 2 s later
     after = [_req(1.0 + i * 0.01, 0.005) for i in range(100)]
-    rec = capstone._recovery_from(normal + redelivered + after, 1.0)
+    rec = recovery.recovery_from(normal + redelivered + after, 1.0)
     assert rec == {"recovery_s": pytest.approx(1.999, abs=1e-3), "lost": 0, "recovered": True}
     failing = [_req(1.0 + i * 0.01, 0.001, ok=False) for i in range(50)]
-    assert capstone._recovery_from(normal + failing, 1.0)["recovered"] is False
-    timed_out = capstone._recovery_from(normal + [_req(0.999, 15.0, ok=False)] + after, 1.0)  # lost, others served
+    assert recovery.recovery_from(normal + failing, 1.0)["recovered"] is False
+    timed_out = recovery.recovery_from(normal + [_req(0.999, 15.0, ok=False)] + after, 1.0)  # lost, others served
     assert timed_out == {"recovery_s": pytest.approx(14.999, abs=1e-3), "lost": 1, "recovered": True}
-    lost_one = capstone._recovery_from(normal + [_req(0.999, 0.01, ok=False)] + after, 1.0)
+    lost_one = recovery.recovery_from(normal + [_req(0.999, 0.01, ok=False)] + after, 1.0)
     assert lost_one["lost"] == 1 and lost_one["recovered"] is True and lost_one["recovery_s"] < 0.05
 
 
 def test_pareto_front() -> None:
     points = {"a": (100.0, 10.0), "b": (200.0, 20.0), "c": (150.0, 30.0), "d": (50.0, 5.0), "e": (200.0, 25.0)}
-    assert capstone.pareto_front(points) == ["d", "a", "b"]  # c and e are dominated by b
-    assert capstone.pareto_front({"only": (1.0, 1.0)}) == ["only"]
-    assert capstone.pareto_front({"x": (1.0, 1.0), "y": (1.0, 1.0)}) == ["x", "y"]  # ties dominate nothing
+    assert report.pareto_front(points) == ["d", "a", "b"]  # c and e are dominated by b
+    assert report.pareto_front({"only": (1.0, 1.0)}) == ["only"]
+    assert report.pareto_front({"x": (1.0, 1.0), "y": (1.0, 1.0)}) == ["x", "y"]  # ties dominate nothing
 
 
 def test_count_loc_and_deploy_loc() -> None:
     cell = "# deploy: Thing\n\ndef deploy():\n    # a comment\n    x = 1\n\n    return x\n%time 1\n"
-    assert capstone.count_loc(cell) == 3
+    assert report.count_loc(cell) == 3
     cells = ["x = 1", cell, "# deploy: Other\na = 1", "# deploy: Thing\none_line()"]
-    assert capstone.deploy_loc(cells) == {"Thing": 1, "Other": 1}  # the re-run cell wins
+    assert report.deploy_loc(cells) == {"Thing": 1, "Other": 1}  # the re-run cell wins
 
 
 def test_deployed_checks_its_arguments_and_codecs() -> None:
@@ -128,14 +128,14 @@ def test_table_plots_files_and_advice(digits_and_model, tmp_path) -> None:  # ty
     r = capstone.run_option("In-process", "In-process", _in_process(cnn), x, expected, (1, 2), 10, 2.0, None, n_check=4)
     r.loc = 4
     other = capstone.OptionResult("Broken", "TF Serving", available=False, reason="nope")
-    df = capstone.table([r, other], (1, 2))
+    df = report.table([r, other], (1, 2))
     assert list(df.columns[:3]) == ["Best for", "Advantages", "Drawbacks"] and df.loc["In-process", "deploy LOC"] == 4
-    fig = capstone.plot_all([r, other])
-    paths = capstone.save([r, other], df, fig, folder=tmp_path)
+    fig = report.plot_all([r, other])
+    paths = report.save([r, other], df, fig, folder=tmp_path)
     assert {p.suffix for p in paths.values()} == {".json", ".csv", ".png"}
     saved = json.loads(paths["json"].read_text())
     assert saved["options"][0]["loads"]["1"]["n"] == 10 and saved["options"][1]["reason"] == "nope"
-    text = " ".join(capstone.advice([r, other]))
+    text = " ".join(report.advice([r, other]))
     assert "In-process" in text and f"{r.best()['throughput_per_s']:.0f}" in text
 
 
@@ -156,6 +156,6 @@ def test_exercise_checks() -> None:
 
 
 def test_notebook_sources_count_the_capstone_deploy_cells() -> None:
-    loc = capstone.deploy_loc(capstone.notebook_sources("14_comparison_capstone.ipynb"))
+    loc = report.deploy_loc(report.notebook_sources("14_comparison_capstone.ipynb"))
     assert len(loc) == 9 and all(n > 0 for n in loc.values()), loc
-    assert capstone.notebook_sources("no_such_notebook.ipynb") == []
+    assert report.notebook_sources("no_such_notebook.ipynb") == []

@@ -12,7 +12,7 @@ __all__ = ["check_budget_choice", "check_pareto_front"]
 
 def check_pareto_front(front: Any, points: Mapping[str, tuple[float, float]]) -> bool:
     """★ ``front``: the names in ``points`` ({name: (throughput_per_s, p99_ms)}) that no other point dominates."""
-    from labkit.measure.capstone import pareto_front
+    from labkit.measure.report import pareto_front
 
     want = set(pareto_front(points))
     problem = None
