@@ -24,6 +24,7 @@ from labkit.apps.torchserve_handler import DigitHandler
 from labkit.errors import BadInput
 from labkit.exercises import ExerciseFailed, ex09
 from labkit.models import digit_nets
+from labkit.runtime import process
 from labkit.services import torchserve
 
 METRICS_TEXT = """# HELP ts_inference_requests_total Total number of inference requests.
@@ -166,7 +167,7 @@ def server() -> Iterator[tuple[torchserve.TorchServe, dict[str, Any]]]:
         tree = ts.process.tree() if ts.process else []
         ts.stop()
         psutil.wait_procs(tree, timeout=10)
-        assert not _alive([p.pid for p in tree]), "TorchServe processes left after stop()"
+        assert not process.alive([p.pid for p in tree]), "TorchServe processes left after stop()"
 
 
 @pytest.mark.service
@@ -271,19 +272,8 @@ def test_no_java_or_worker_survives_sigkill_of_parent(server: tuple[torchserve.T
         child.send_signal(signal.SIGKILL)
         child.wait()
     deadline = time.monotonic() + 30
-    alive = _alive(pids)
+    alive = process.alive(pids)
     while alive and time.monotonic() < deadline:
         time.sleep(0.2)
-        alive = _alive(pids)
+        alive = process.alive(pids)
     assert not alive, f"still running after the parent was killed: {alive}"
-
-
-def _alive(pids: list[int]) -> list[int]:
-    out = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out

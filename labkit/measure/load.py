@@ -22,14 +22,15 @@ import ipaddress
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from labkit.errors import BadInput
 from labkit.measure.timing import LatencyStats, latency_stats, now
 
-__all__ = ["LoadResult", "Request", "closed_loop", "closed_loop_calls", "closed_loop_threads", "open_loop", "ramp"]
+__all__ = ["LoadResult", "Request", "closed_loop", "closed_loop_calls", "closed_loop_threads", "open_loop", "ramp", "run_outside_event_loop"]
 
+T = TypeVar("T")
 MAX_REQUESTS = 100_000
 MAX_DURATION_S = 600.0
 DEFAULT_TIMEOUT_S = 30.0
@@ -155,17 +156,21 @@ async def _one(client: Any, method: str, url: str, payload: Payload, i: int, wor
         return _failed(t0, exc, worker)
 
 
-def _run(coro_factory: Callable[[], Any]) -> LoadResult:
-    """Run an async load to completion, also from inside a running event loop (Jupyter)."""
+def run_outside_event_loop(fn: Callable[[], T]) -> T:
+    """Return ``fn()``; called from a thread that runs an event loop (Jupyter's), in a fresh thread.
+
+    So ``fn`` may call ``asyncio.run``. An exception it raises is raised here, in the caller's thread.
+    Used by every load here and by the async exercise checks of 06.
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro_factory())
+        return fn()
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["result"] = asyncio.run(coro_factory())
+            box["value"] = fn()
         except BaseException as exc:  # re-raised in the caller's thread
             box["error"] = exc
 
@@ -174,7 +179,13 @@ def _run(coro_factory: Callable[[], Any]) -> LoadResult:
     t.join()
     if "error" in box:
         raise box["error"]
-    return box["result"]
+    value: T = box["value"]
+    return value
+
+
+def _run(coro_factory: Callable[[], Any]) -> LoadResult:
+    """Run an async load to completion, also from inside a running event loop (Jupyter)."""
+    return run_outside_event_loop(lambda: asyncio.run(coro_factory()))
 
 
 def closed_loop(

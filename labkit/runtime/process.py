@@ -44,6 +44,7 @@ __all__ = [
     "alive",
     "assert_nothing_left",
     "die_with_parent",
+    "end_processes",
     "free_port",
     "free_ports",
     "kill_descendant",
@@ -212,19 +213,7 @@ class ManagedProcess:
                 pass
         _, alive = psutil.wait_procs(procs[:1], timeout=timeout_s)
         # descendants that outlived their parent's shutdown get the same treatment
-        rest = [p for p in procs[1:] if p.is_running()] + alive
-        for p in rest:
-            try:
-                p.send_signal(sig)
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(rest, timeout=min(timeout_s, 3.0))
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=3.0)
+        end_processes([p for p in procs[1:] if p.is_running()] + alive, sig, timeout_s=min(timeout_s, 3.0))
         try:
             self.popen.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
@@ -325,18 +314,31 @@ def stop_pid(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> bool:
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return False
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    end_processes(procs, signal.SIGTERM, timeout_s)
+    return True
+
+
+def end_processes(procs: Sequence[Any], sig: int | None = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """Send ``sig`` to each psutil process (None: send nothing, just wait), wait ``timeout_s``, SIGKILL the rest.
+
+    Returns once every one of them is gone (or 3 s after the SIGKILL). Only for processes labkit
+    started: the pid registry, a handle's tree, a cluster's recorded pids.
+    """
+    import psutil
+
+    if sig is not None:
+        for p in procs:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+    _, alive = psutil.wait_procs(list(procs), timeout=timeout_s)
     for p in alive:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    return True
+    psutil.wait_procs(alive, timeout=3.0)
 
 
 def stop_all(timeout_s: float = STOP_TIMEOUT_S) -> list[str]:

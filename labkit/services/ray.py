@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -97,20 +98,13 @@ def _patient_node_wait(timeout_s: float) -> Iterator[None]:
 
 def _kill_our_ray_processes() -> None:
     """After a failed start: end the Ray processes this interpreter started (by pid)."""
-    import psutil
     import ray
 
     try:
         ray.shutdown()
     except Exception:  # nothing was connected
         pass
-    procs = _ray_descendants()
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=5.0)
+    process.end_processes(_ray_descendants(), signal.SIGKILL, timeout_s=5.0)
 
 
 def leftover_processes(pids: set[int] | None = None) -> list[str]:
@@ -252,13 +246,7 @@ class RayHandle(Handle):
                 procs.append(psutil.Process(pid))
             except psutil.NoSuchProcess:
                 pass
-        _, alive = psutil.wait_procs(procs, timeout=STOP_TIMEOUT_S)
-        for p in alive:  # ours (we recorded their pids), so we may end them
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=3.0)
+        process.end_processes(procs, None, timeout_s=STOP_TIMEOUT_S)  # ours (we recorded their pids): SIGKILL what outlives the wait
 
     def leftover(self) -> list[str]:
         """Ray processes of this cluster still alive (empty after a clean ``stop()``)."""
