@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import time
 from typing import Any
 
@@ -140,5 +139,7 @@ async def _reply(send: Any, status: int, payload: dict[str, Any], retries: int =
 
 def __getattr__(name: str) -> Any:  # ``uvicorn labkit.apps.balancer:app``
     if name == "app":
-        return Balancer(retries=int(os.environ.get("LABKIT_LB_RETRIES", RETRIES)))
+        from labkit import config
+
+        return Balancer(retries=config.balancer_retries(RETRIES))
     raise AttributeError(name)

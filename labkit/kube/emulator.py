@@ -27,7 +27,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from labkit import config
 from labkit.errors import BadInput, ServiceUnavailable
@@ -343,7 +343,7 @@ class Autoscaler:
             prev = self._cpu.get(pod.name)
             usage = None
             if cpu is not None and prev is not None and t > prev[0]:
-                usage = int(round(1000 * (cpu - prev[1]) / (t - prev[0])))
+                usage = round(1000 * (cpu - prev[1]) / (t - prev[0]))
             if cpu is not None:
                 self._cpu[pod.name] = (t, cpu)
             # ready for the HPA once a whole metric window lies after the readiness transition
@@ -363,7 +363,7 @@ class Autoscaler:
         except BadInput:  # no metrics yet: upstream leaves the scale alone
             proposed, utilization, new = None, None, current
         else:
-            new = self.hpa.step(t_s, current, proposed)
+            new = self.hpa.step(t_s, current, cast(int, proposed))  # set in the try above
             if new != current:
                 dep.scale(new)
         sample = Sample(t_s, new, dep.ready_replicas(), utilization, proposed, tuple(p["usage_milli"] for p in pods))
@@ -553,10 +553,10 @@ def emulate(deployment: Deployment, hpa: HPA, target_utilization: int, profile: 
 
 def payload(n_digits: int = DIGITS_PER_REQUEST, tta: int = TTA, offset: int = 0) -> dict[str, Any]:
     """A /predict body: ``n_digits`` test digits, each classified ``tta`` times (shifted) and averaged."""
+    from labkit.apps.wire import ModelServerCodec
     from labkit.data import load_digits
 
-    x = load_digits().x_test[offset : offset + n_digits]
-    return {"inputs": x.reshape(len(x), 64).round(4).tolist(), "tta": tta}
+    return ModelServerCodec(tta).encode(load_digits().x_test[offset : offset + n_digits])
 
 
 @dataclass(frozen=True)
