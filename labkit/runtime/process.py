@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from labkit import config
 from labkit.errors import BadInput, ServiceUnavailable
@@ -59,6 +59,7 @@ __all__ = [
     "wait_until",
 ]
 
+H = TypeVar("H", bound="Handle")
 STOP_TIMEOUT_S = 10.0
 READY_INTERVAL_S = 0.05
 LOG_TAIL_LINES = 40
@@ -397,7 +398,7 @@ class Handle:
         for p in reversed(self.extra):
             p.stop()
 
-    def __enter__(self) -> Handle:
+    def __enter__(self: H) -> H:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
