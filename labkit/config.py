@@ -13,6 +13,7 @@ Read inside the servers labkit starts (their launchers set them for the child):
     LABKIT_MODEL_PATH       a state_dict .pt a replica loads (default: the cached trained model)
     LABKIT_READY_DELAY_S    extra seconds before a replica's /readyz says ready (default 0)
     LABKIT_LB_RETRIES       how often the balancer retries a failed request on another endpoint
+    LABKIT_LB_MODE          how the balancer picks an endpoint (the balancer checks the value)
 
     CELERY_BROKER_URL, CELERY_RESULT_BACKEND, REDIS_URL, RAY_ADDRESS, TORCHSERVE_URL,
     TFSERVING_URL, KUBECONFIG   use that real deployment instead of starting a local one
@@ -33,6 +34,7 @@ __all__ = [
     "EXTERNAL_SERVICE_VARS",
     "VARIABLES",
     "Settings",
+    "balancer_mode",
     "balancer_retries",
     "cache_dir",
     "device_name",
@@ -75,6 +77,7 @@ VARIABLES = (
     "LABKIT_MODEL_PATH",
     "LABKIT_READY_DELAY_S",
     "LABKIT_LB_RETRIES",
+    "LABKIT_LB_MODE",
 )
 
 
@@ -178,6 +181,11 @@ def ready_delay_s() -> float:
 def balancer_retries(default: int) -> int:
     """LABKIT_LB_RETRIES: how often the balancer retries a failed request (``default`` when unset)."""
     return int(_number("LABKIT_LB_RETRIES", default, int, 0))
+
+
+def balancer_mode(default: str) -> str:
+    """LABKIT_LB_MODE as written (``default`` when unset); ``apps.balancer`` says which modes exist."""
+    return os.environ.get("LABKIT_LB_MODE", "").strip() or default
 
 
 def settings() -> Settings:
