@@ -88,7 +88,7 @@ def test_dockerfile_agrees_with_the_deployment(dockerfile):
     assert shlex.split(dict(dockerfile)["HEALTHCHECK"])[0].startswith("--interval")
 
 
-@pytest.mark.parametrize("path", ["base", "seed"])
+@pytest.mark.parametrize("path", ["base", "seed", "custom-metric"])
 def test_manifests_validate_strictly(path):
     docs = kubectl.load_manifests(K8S / path)
     assert docs
@@ -113,21 +113,78 @@ def test_seed_v1_and_v2_hpa_are_equivalent():
     (v2,) = kubectl.load_manifests(K8S / "base" / "hpa.yaml")
     assert v1["apiVersion"] == "autoscaling/v1" and v2["apiVersion"] == "autoscaling/v2"
     assert v1["spec"]["scaleTargetRef"] == v2["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "model-deployment"}
-    h1, t1 = hpa.from_manifest(v1)
-    h2, t2 = hpa.from_manifest(v2)
-    assert (h1.min_replicas, h1.max_replicas, t1) == (h2.min_replicas, h2.max_replicas, t2) == (1, 10, 50)
+    h1, h2 = hpa.from_manifest(v1), hpa.from_manifest(v2)
+    assert (h1.min_replicas, h1.max_replicas, h1.metrics) == (h2.min_replicas, h2.max_replicas, h2.metrics)
+    assert h1.metrics == [hpa.MetricSpec("Resource", "cpu", "Utilization", 50)]
     assert h1.behavior is None and h2.behavior is not None
 
 
-@pytest.mark.parametrize("overlay", ["digit-cnn", "digit-mlp", "all-models"])
+def test_custom_metric_hpa_scales_on_inflight_requests_per_replica():
+    """The Pods-metric HPA: the metric the model server exposes, the same target and behavior as 08 emulates."""
+    from labkit.kube.autoscaler import INFLIGHT_METRIC
+
+    (doc,) = kubectl.load_manifests(K8S / "custom-metric" / "hpa-inflight.yaml")
+    (cpu,) = kubectl.load_manifests(K8S / "base" / "hpa.yaml")
+    h = hpa.from_manifest(doc)
+    assert [(m.type, m.name, m.target_type, m.target) for m in h.metrics] == [("Pods", INFLIGHT_METRIC, "AverageValue", 1000)]
+    assert doc["spec"]["scaleTargetRef"] == cpu["spec"]["scaleTargetRef"] and doc["spec"]["behavior"] == cpu["spec"]["behavior"]
+    import yaml
+
+    rule = yaml.safe_load((K8S / "custom-metric" / "prometheus-adapter-rule.yaml").read_text())["rules"][0]
+    assert rule["name"]["as"] == INFLIGHT_METRIC and INFLIGHT_METRIC in rule["seriesQuery"]
+    assert kubectl.load_manifests(K8S / "custom-metric" / "prometheus-adapter-rule.yaml") == []  # not an API object
+
+
+def test_model_server_metrics_count_inflight_requests():
+    """GET /metrics: the gauge and counters the in-flight HPA reads, parsed as the autoscaler parses them."""
+    import asyncio
+
+    from labkit.apps import model_server
+
+    counter = model_server.InflightCounter(None)
+    counter._advance(+2)  # two requests arrive
+    text = counter.prometheus()
+    assert "labkit_inflight_requests 2" in text and "labkit_inflight_seconds_total" in text
+    sent: list[dict] = []
+
+    async def send(msg: dict) -> None:
+        sent.append(msg)
+
+    asyncio.run(counter({"type": "http", "path": "/metrics"}, None, send))
+    assert sent[0]["status"] == 200 and b"labkit_requests_total 0" in sent[1]["body"]
+
+
+def test_where_it_runs_with_an_unreachable_kubeconfig(tmp_path, monkeypatch):
+    """Issue 19: KUBECONFIG naming a cluster nobody listens on -> one line, and the emulation runs."""
+    from labkit.runtime import process
+
+    port = process.free_port()  # free: nothing listens there
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: https://127.0.0.1:%d\n"
+        "contexts:\n- name: gone\n  context:\n    cluster: gone\n    user: nobody\ncurrent-context: gone\nusers:\n- name: nobody\n  user: {}\n" % port
+    )
+    monkeypatch.setenv("KUBECONFIG", str(cfg))
+    line = kubectl.where_it_runs()
+    assert "\n" not in line and line.endswith("running the emulation"), line
+    if shutil.which("kubectl"):
+        assert "not reachable" in line
+    notebook = (DEPLOY.parent / "notebooks" / "08_kubernetes_hpa.ipynb").read_text()
+    assert "kubectl.where_it_runs()" in notebook
+
+
+@pytest.mark.parametrize("overlay", ["digit-cnn", "digit-mlp", "all-models", "custom-metric"])
 def test_kustomize_overlays_render_and_validate(overlay):
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not on PATH: kustomize overlays not rendered (optional)")
-    docs = kubectl.kustomize(K8S / "overlays" / overlay)
+    docs = kubectl.kustomize(K8S / ("custom-metric" if overlay == "custom-metric" else f"overlays/{overlay}"))
     kubectl.validate(docs, strict=True)
     deployments = [d for d in docs if d["kind"] == "Deployment"]
     hpas = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
     assert len(deployments) == len(hpas) == (2 if overlay == "all-models" else 1)
+    if overlay == "custom-metric":
+        assert hpas[0]["spec"]["metrics"][0]["type"] == "Pods"
+        return
     names = {d["metadata"]["name"] for d in deployments}
     for h in hpas:  # kustomize renamed the target along with the Deployment
         assert h["spec"]["scaleTargetRef"]["name"] in names
@@ -152,7 +209,7 @@ def test_model_server_endpoints_in_process():
 
     async def main() -> None:
         app = model_server.create_app()
-        async with app.router.lifespan_context(app):  # loads the model, as uvicorn's startup does
+        async with app.app.router.lifespan_context(app.app):  # loads the model, as uvicorn's startup does
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
                 assert (await client.get("/healthz")).json()["status"] == "ok"

@@ -1,4 +1,5 @@
-"""labkit.kube.emulator: real replicas behind a real balancer, scaling, crash replacement, clean-up."""
+"""labkit.kube (deployment, autoscaler, emulation): real replicas behind a real balancer, scaling,
+crash replacement in both Service modes, the HPA loop reading CPU and in-flight counters, clean-up."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import psutil
 import pytest
 
 from labkit import data
+from labkit.errors import BadInput
 from labkit.kube import emulator, hpa
 from labkit.measure import load
 from labkit.models import digit_nets
@@ -56,11 +58,56 @@ def test_scale_up_round_robins_over_ready_replicas(deployment, digits):
     assert len(used) == 2, f"requests went to {used} only"
 
 
+def _kill_under_load(deployment, x):
+    """Kill one of 2 replicas while a request is in flight on it; return (client result, balancer deltas)."""
+    deployment.scale(2)
+    deployment.wait_ready(2)
+    victim = next(p for p in deployment.replicas() if not p.terminating)
+    stats0 = deployment.lb_stats()
+    payload = {"inputs": x.tolist(), "tta": 16}
+    box: dict[str, load.LoadResult] = {}
+    t = threading.Thread(target=lambda: box.setdefault("r", load.closed_loop(deployment.url + "/predict", payload, concurrency=6, duration_s=3.0)))
+    t.start()
+    deadline = time.monotonic() + 10
+    while deployment.lb_stats()["inflight"].get(victim.url, 0) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    deployment.kill(deployment.replicas().index(victim))
+    t.join()
+    stats = deployment.lb_stats()
+    return victim, box["r"], {k: stats[k] - stats0[k] for k in ("requests", "ok", "retries", "errors")}
+
+
+def test_kube_proxy_service_fails_requests_to_a_killed_replica(deployment, digits):
+    """Like kube-proxy: the request in flight on the killed replica fails; nothing is retried."""
+    x, _ = digits
+    assert deployment.lb_stats()["mode"] == "kube-proxy"
+    victim, res, delta = _kill_under_load(deployment, x)
+    assert res.n == delta["requests"] == delta["ok"] + delta["errors"]
+    assert delta["retries"] == 0 and delta["errors"] >= 1 and res.errors == delta["errors"]
+    deployment.wait_ready(2, timeout_s=120)
+    assert victim not in deployment.replicas()
+
+
+def test_retrying_service_loses_no_request_to_a_killed_replica(digits):
+    """The client's/ingress's choice: the same kill, every request answered (some retried)."""
+    x, _ = digits
+    with emulator.start_deployment(name="retrying", replicas=2, ready_delay_s=0.2, service="retrying") as dep:
+        assert dep.lb_stats()["mode"] == "retrying"
+        _, res, delta = _kill_under_load(dep, x)
+    assert res.errors == delta["errors"] == 0 and res.n == delta["ok"]
+    assert delta["retries"] >= 1
+
+
+def test_bad_service_mode_is_refused():
+    with pytest.raises(BadInput, match="service"):
+        emulator.start_deployment(service="istio")
+
+
 def test_crashed_replica_is_replaced_and_in_flight_requests_counted(deployment, digits):
     x, expected = digits
     deployment.scale(2)
     deployment.wait_ready(2)
-    victim = next(p for p in deployment.pods if not p.terminating)
+    victim = next(p for p in deployment.replicas() if not p.terminating)
     stats0 = deployment.lb_stats()
     crashes0 = deployment.crashes
     payload = {"inputs": x.tolist(), "tta": 16}
@@ -70,7 +117,7 @@ def test_crashed_replica_is_replaced_and_in_flight_requests_counted(deployment, 
     deadline = time.monotonic() + 10
     while deployment.lb_stats()["inflight"].get(victim.url, 0) == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
-    deployment.kill(deployment.pods.index(victim))
+    deployment.kill(deployment.replicas().index(victim))
     t.join()
     res = box["r"]
     stats = deployment.lb_stats()
@@ -81,14 +128,14 @@ def test_crashed_replica_is_replaced_and_in_flight_requests_counted(deployment, 
     assert delta["retries"] + delta["errors"] >= 1, "the request in flight on the killed replica vanished"
     assert deployment.crashes == crashes0 + 1
     deployment.wait_ready(2, timeout_s=120)  # the ReplicaSet replaced it
-    assert victim not in deployment.pods
+    assert victim not in deployment.replicas()
     assert any(what.startswith("crashed") and name == victim.name for _, what, name in deployment.events)
 
 
 def test_scale_down_drains_and_stops(deployment):
     deployment.scale(2)
     deployment.wait_ready(2)
-    gone = [p for p in deployment.pods][-1]
+    gone = deployment.replicas()[-1]
     deployment.scale(1)
     deployment.wait_ready(1)
     assert not gone.proc.alive()
@@ -98,10 +145,27 @@ def test_scale_down_drains_and_stops(deployment):
 def test_autoscaler_sync_at_idle(deployment):
     deployment.wait_ready(1)
     auto = emulator.Autoscaler(deployment, hpa.HPA(1, 2, behavior={}), target_utilization=50, time_scale=50)
-    auto.pod_metrics()
+    auto.scrape(deployment.replicas())
     time.sleep(0.5)
     sample = auto.sync()
     assert sample.replicas == 1 and sample.utilization is not None and sample.utilization < 50
+
+
+def test_autoscaler_reads_inflight_counters_and_scales_on_them(deployment, digits):
+    """A Pods-metric HPA: 6 clients on one replica keep ~6 requests in flight -> it asks for more."""
+    x, _ = digits
+    deployment.scale(1)
+    deployment.wait_ready(1)
+    metric = {"type": "Pods", "pods": {"metric": {"name": emulator.INFLIGHT_METRIC}, "target": {"type": "AverageValue", "averageValue": "1"}}}
+    auto = emulator.Autoscaler(deployment, hpa.HPA(1, 2, behavior={}, metrics=[metric]), time_scale=50)
+    auto.scrape(deployment.replicas())
+    load.closed_loop(deployment.url + "/predict", {"inputs": x.tolist(), "tta": 16}, concurrency=6, duration_s=1.5)
+    sample = auto.sync()
+    value = next(iter(sample.values.values()))
+    assert value is not None and value > 2000, sample  # milli-requests in flight, averaged over the interval
+    assert sample.proposed is not None and sample.proposed > 1 and sample.replicas == 2
+    deployment.scale(1)
+    deployment.wait_ready(1)
 
 
 def test_stop_leaves_no_process(deployment):

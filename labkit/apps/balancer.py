@@ -1,10 +1,16 @@
-"""A round-robin HTTP load balancer (what a Kubernetes Service does for ready pods), as an ASGI app.
+"""A round-robin HTTP load balancer in front of the ready replicas, as an ASGI app. Two modes:
 
-Every request to any path except ``/_lb/*`` goes to the next ready endpoint. If the connection to
-that replica fails (it crashed, or is stopping) or it answers 503, the balancer retries on the next
-endpoint, up to ``LABKIT_LB_RETRIES`` times; a request that still fails is answered 502/503/504
-and counted as an error. Nothing is dropped silently: ``GET /_lb/stats`` counts requests, retries
-and errors, and every answer carries ``x-labkit-retries``.
+- ``kube-proxy`` (LABKIT_LB_MODE, the default): what a Kubernetes Service does. Each request goes
+  to the next ready endpoint (IPVS round-robin; iptables/nftables pick at random) and stays there:
+  if that replica died or is stopping, the request fails (502) — kube-proxy forwards connections,
+  it does not retry them. Endpoints change only when the controller pushes a new list (the
+  endpoints controller after a readiness or liveness change).
+- ``retrying``: what a client or an ingress/service mesh may add on top (a retry policy is their
+  choice, not the Service's): a failed connection or a 503 is retried on another endpoint, up to
+  LABKIT_LB_RETRIES times, and an endpoint whose connection failed is skipped for a second.
+
+A request that fails is answered 502/503/504 and counted as an error; nothing is dropped silently:
+``GET /_lb/stats`` counts requests, retries and errors, and every answer carries ``x-labkit-retries``.
 
     PUT /_lb/endpoints  {"endpoints": ["http://127.0.0.1:8001", ...]}   the ready replicas
     GET /_lb/stats      {"requests", "ok", "retries", "errors", "inflight": {url: n}, "served": {url: n}}
@@ -20,9 +26,10 @@ import json
 import time
 from typing import Any
 
-__all__ = ["Balancer", "app"]
+__all__ = ["MODES", "Balancer", "app"]
 
-RETRIES = 2
+RETRIES = 2  # in the retrying mode
+MODES = ("kube-proxy", "retrying")
 TIMEOUT_S = 30.0
 SUSPECT_S = 1.0  # an endpoint whose connection failed is skipped this long (until the next update)
 
@@ -30,8 +37,11 @@ SUSPECT_S = 1.0  # an endpoint whose connection failed is skipped this long (unt
 class Balancer:
     """The ASGI app: endpoints set by the controller, round-robin, retries, counters."""
 
-    def __init__(self, retries: int = RETRIES, timeout_s: float = TIMEOUT_S) -> None:
-        self.retries = retries
+    def __init__(self, mode: str = "kube-proxy", retries: int = RETRIES, timeout_s: float = TIMEOUT_S) -> None:
+        if mode not in MODES:
+            raise ValueError(f"LABKIT_LB_MODE must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.retries = retries if mode == "retrying" else 0
         self.timeout_s = timeout_s
         self.endpoints: list[str] = []
         self.suspect: dict[str, float] = {}
@@ -43,7 +53,7 @@ class Balancer:
 
     def _pick(self, tried: set[str]) -> str | None:
         now = time.monotonic()
-        live = [e for e in self.endpoints if e not in tried and self.suspect.get(e, 0.0) < now]
+        live = [e for e in self.endpoints if e not in tried and (self.mode == "kube-proxy" or self.suspect.get(e, 0.0) < now)]
         if not live:
             live = [e for e in self.endpoints if e not in tried]
         if not live:
@@ -66,7 +76,7 @@ class Balancer:
         if path == "/healthz":
             await _reply(send, 200, {"status": "ok"})
         elif path == "/_lb/stats":
-            await _reply(send, 200, {**self.counts, "endpoints": self.endpoints, "inflight": self.inflight, "served": self.served})
+            await _reply(send, 200, {**self.counts, "mode": self.mode, "endpoints": self.endpoints, "inflight": self.inflight, "served": self.served})
         elif path == "/_lb/endpoints" and scope["method"] == "PUT":
             self.endpoints = list(json.loads(body)["endpoints"])
             self.suspect = {e: t for e, t in self.suspect.items() if e in self.endpoints}
@@ -116,7 +126,7 @@ class Balancer:
                 continue
             finally:
                 self.inflight[endpoint] -= 1
-            if resp.status_code == 503:
+            if resp.status_code == 503 and attempt < self.retries:
                 status, detail = 503, f"replica {endpoint} not ready"
                 continue
             self.served[endpoint] = self.served.get(endpoint, 0) + 1
@@ -141,5 +151,5 @@ def __getattr__(name: str) -> Any:  # ``uvicorn labkit.apps.balancer:app``
     if name == "app":
         from labkit import config
 
-        return Balancer(retries=config.balancer_retries(RETRIES))
+        return Balancer(mode=config.balancer_mode("kube-proxy"), retries=config.balancer_retries(RETRIES))
     raise AttributeError(name)

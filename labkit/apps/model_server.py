@@ -8,6 +8,17 @@
     GET  /healthz   liveness: 200 while the process serves at all
     GET  /readyz    readiness: 503 until the model is loaded, warmed up and the readiness delay
                     (LABKIT_READY_DELAY_S, like initialDelaySeconds) has passed; then 200
+    GET  /metrics   the replica's own counters in the Prometheus text format, what a Prometheus
+                    adapter or KEDA scrapes for a Pods-metric HPA:
+                      labkit_inflight_requests        gauge: /predict requests accepted, not answered
+                      labkit_inflight_seconds_total   counter: the gauge integrated over time, so
+                                                      Δ/Δt is its exact average over a window
+                                                      (``avg_over_time`` without sampling)
+                      labkit_requests_total           counter: /predict requests answered
+
+Inference runs one request at a time (one core, one torch thread) in a worker thread, so the event
+loop keeps accepting requests: the waiting ones are in flight and counted, as a real server counts
+its queue.
 
 Settings come from the environment, as in a Kubernetes pod spec:
     LABKIT_MODEL_PATH       weights (a state_dict .pt) baked into the image or mounted; unset:
@@ -28,7 +39,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_BATCH", "MAX_TTA", "app", "augment", "create_app", "export_model", "load_model"]
+__all__ = ["MAX_BATCH", "MAX_TTA", "InflightCounter", "app", "augment", "create_app", "export_model", "load_model"]
 
 MAX_BATCH = 4096
 MAX_TTA = 64
@@ -74,8 +85,56 @@ def augment(batch: Any, tta: int) -> Any:
     return torch.cat(copies)
 
 
+class InflightCounter:
+    """ASGI middleware: counts /predict requests in flight and integrates the count over time."""
+
+    def __init__(self, app: Any, path: str = "/predict") -> None:
+        self.app = app
+        self.path = path
+        self.inflight = 0
+        self.inflight_seconds = 0.0
+        self.answered = 0
+        self._last = time.monotonic()
+
+    def _advance(self, change: int) -> None:
+        t = time.monotonic()
+        self.inflight_seconds += self.inflight * (t - self._last)
+        self._last = t
+        self.inflight += change
+
+    def prometheus(self) -> str:
+        """The counters in the Prometheus text exposition format."""
+        self._advance(0)
+        return (
+            "# TYPE labkit_inflight_requests gauge\n"
+            f"labkit_inflight_requests {self.inflight}\n"
+            "# TYPE labkit_inflight_seconds_total counter\n"
+            f"labkit_inflight_seconds_total {self.inflight_seconds:.6f}\n"
+            "# TYPE labkit_requests_total counter\n"
+            f"labkit_requests_total {self.answered}\n"
+        )
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            if scope["type"] == "http" and scope["path"] == "/metrics":
+                body = self.prometheus().encode()
+                await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain; version=0.0.4")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await self.app(scope, receive, send)
+            return
+        self._advance(+1)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._advance(-1)
+            self.answered += 1
+
+
 def create_app() -> Any:
     """Build the FastAPI app: the model loads in the lifespan, so /healthz answers before /readyz."""
+    import asyncio
+
     import numpy as np
     import torch
     from fastapi import FastAPI, HTTPException
@@ -85,6 +144,7 @@ def create_app() -> Any:
     from labkit import config
 
     state: dict[str, Any] = {"ready_at": None, "model": None, "served": 0}
+    one_at_a_time = asyncio.Semaphore(1)
     replica = f"{socket.gethostname()}:{os.getpid()}"
 
     class PredictRequest(BaseModel):
@@ -116,7 +176,7 @@ def create_app() -> Any:
 
     @api.post("/predict")
     async def predict(req: PredictRequest) -> dict[str, Any]:
-        # async def on purpose: one request at a time per replica, as one CPU core would.
+        # one request at a time per replica, as one CPU core would; the others wait in flight
         if state["model"] is None:
             raise HTTPException(503, "model not loaded yet")
         try:
@@ -128,13 +188,18 @@ def create_app() -> Any:
         if not 1 <= req.tta <= MAX_TTA:
             raise HTTPException(422, f"tta must be in 1..{MAX_TTA}, got {req.tta}")
         batch = torch.from_numpy(x.reshape(-1, 1, 8, 8))
-        with torch.inference_mode():
-            logits = state["model"](augment(batch, req.tta))
-            preds = logits.view(req.tta, len(batch), -1).mean(dim=0).argmax(dim=1).tolist()
+
+        def infer() -> list[int]:
+            with torch.inference_mode():
+                logits = state["model"](augment(batch, req.tta))
+                return list(logits.view(req.tta, len(batch), -1).mean(dim=0).argmax(dim=1).tolist())
+
+        async with one_at_a_time:
+            preds = await asyncio.to_thread(infer)
         state["served"] += 1
         return {"predictions": preds, "replica": replica}
 
-    return api
+    return InflightCounter(api)
 
 
 def __getattr__(name: str) -> Any:  # ``uvicorn labkit.apps.model_server:app`` builds it lazily

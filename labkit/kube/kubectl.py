@@ -5,7 +5,8 @@
   of a pinned Kubernetes version with kubernetes-validate (``strict`` rejects unknown fields).
 - ``kustomize``: render an overlay with ``kubectl kustomize`` (works offline).
 - ``cluster()``: None when ``KUBECONFIG`` points at a reachable cluster and ``kubectl`` is on PATH,
-  else the reason; then ``run("apply", "-k", ...)`` and ``watch_hpa`` drive the real thing.
+  else the reason (one line); then ``run("apply", "-k", ...)`` and ``watch_hpa`` drive the real
+  thing. ``where_it_runs()`` says in one line which of the two a notebook uses.
 
     print("\n".join(kubectl.validate(kubectl.load_manifests(kubectl.deploy_dir() / "k8s" / "base"))))
 
@@ -26,9 +27,9 @@ from labkit import config
 from labkit.errors import BadInput, ServiceUnavailable
 from labkit.measure.timing import now
 
-__all__ = ["KUBERNETES_VERSION", "cluster", "deploy_dir", "kustomize", "load_manifests", "run", "validate", "watch_hpa"]
+__all__ = ["KUBERNETES_VERSION", "cluster", "deploy_dir", "kustomize", "load_manifests", "run", "validate", "watch_hpa", "where_it_runs"]
 
-KUBERNETES_VERSION = "1.32.0"  # manifests are validated against this API version (kubectl 1.32)
+KUBERNETES_VERSION = "1.35.0"  # manifests are validated against this API version (the release the HPA port follows)
 INSTALL_HINT = "install kubectl: https://kubernetes.io/docs/tasks/tools/"
 
 
@@ -47,13 +48,17 @@ def deploy_dir(start: str | Path | None = None) -> Path:
 
 
 def load_manifests(path: str | Path) -> list[dict[str, Any]]:
-    """Every Kubernetes object in a YAML file (or the *.yaml files of a folder), in order."""
+    """Every Kubernetes object in a YAML file (or the *.yaml files of a folder), in order.
+
+    Kustomizations and documents with neither ``kind`` nor ``apiVersion`` (a component's own
+    configuration file, such as a prometheus-adapter rule) are not API objects and are left out.
+    """
     import yaml
 
     p = Path(path)
     files = sorted(p.glob("*.yaml")) if p.is_dir() else [p]
     docs = [doc for f in files for doc in yaml.safe_load_all(f.read_text()) if doc]
-    return [d for d in docs if d.get("kind") != "Kustomization"]  # kustomize input, not an API object
+    return [d for d in docs if d.get("kind") != "Kustomization" and ("kind" in d or "apiVersion" in d)]
 
 
 def validate(docs: Sequence[Mapping[str, Any]], version: str = KUBERNETES_VERSION, strict: bool = True) -> list[str]:
@@ -92,8 +97,17 @@ def cluster() -> str | None:
     try:
         run("version", "-o", "json", "--request-timeout=5s", timeout_s=15)
     except ServiceUnavailable as exc:
-        return f"the cluster in KUBECONFIG is not reachable: {exc.what}"
+        last = [line.strip() for line in exc.what.splitlines() if line.strip()][-1:] or ["no answer"]
+        return f"the cluster in KUBECONFIG is not reachable ({' '.join(last[0].split())[:200]})"
     return None
+
+
+def where_it_runs() -> str:
+    """One line: the real cluster of KUBECONFIG, or why not and that the emulation runs instead."""
+    reason = cluster()
+    if reason is None:
+        return f"real cluster: {config.external_url('KUBECONFIG')} (kubectl reaches it); section 7 uses it, the rest is the emulation"
+    return f"no real cluster: {reason} — running the emulation"
 
 
 def run(*args: str, timeout_s: float = 120) -> str:
