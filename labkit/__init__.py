@@ -4,16 +4,20 @@ Layout — one folder per concern (the README's Layout section says the same):
 
     config, errors      settings from the environment (every LABKIT_* variable); the error tree
     data, plots         data that ships or is generated; the one plot family
-    models/             every model and how it is trained and cached (digit_nets, vision, tinygpt,
-                        wide: the bf16 timing model, savedmodels: Keras → TF SavedModel)
+    show                labkit.show(): a named region of the source, or a public object's source
+    models/             every model and how it is trained and cached (store: cache-or-train and the
+                        fit loop; digit_nets, vision, tinygpt, wide: the bf16 timing model,
+                        savedmodels: Keras → TF SavedModel)
     runtime/            the machine and its processes: hardware, process (managed subprocesses,
-                        die-with-parent, pid registry), cache (files on disk)
-    measure/            timing (spans, latency stats), load (closed/open-loop load generation),
-                        capstone (the comparison harness and its report)
+                        die_with_parent, pid registry, process trees, assert_nothing_left),
+                        environ (patch_environment), cache (files on disk)
+    measure/            timing (now, spans, latency stats), load (the one load generator), batching
+                        (the batching sweep), probe, verdicts, capstone (the harness), recovery,
+                        report (the capstone's table, plots, files, advice)
     patterns/           the four patterns + the process pool, runnable (spawned workers live here)
     apps/               code that runs inside a server process: the Celery tasks, the FastAPI
                         gateway, the model server, the balancer, the TorchServe handler, the
-                        TF-Serving-API stand-in (tfserving/)
+                        TF-Serving-API stand-in (tfserving/); wire: the JSON each server speaks
     services/           start a real component and hand back a handle (url, pid, logs(), stop())
     kube/               Kubernetes: the HPA controller algorithm, the local emulator, kubectl
     bench/              ``labkit bench``: the target format and one module per benchmark
@@ -28,6 +32,8 @@ created. Import the module you need by name: ``from labkit.runtime import hardwa
 """
 
 from __future__ import annotations
+
+from labkit.show import show
 
 __version__ = "0.1.0"
 
@@ -49,4 +55,5 @@ __all__ = [
     "plots",
     "runtime",
     "services",
+    "show",
 ]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -33,7 +32,7 @@ def doctor(measure: bool = typer.Option(True, help="Measure peak matmul GFLOP/s 
 def bench(
     name: str = typer.Argument(..., help="baseline, pipeline, ensemble, sharding, data-parallel, celery, gateway, ray, hpa, torchserve, tfserving, or all"),
     fast: bool = typer.Option(False, "--fast", help="Small sizes: the same code paths, quicker."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write results here (default: bench-<name>.json in the cache dir)."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write results here (default: bench-<name>.json in the cache dir)."),
 ) -> None:
     """Run benchmarks side by side and print one target line per figure."""
     from labkit import bench as b

@@ -196,7 +196,7 @@ def replicas_over_time(t_s: Sequence[float], replicas: Sequence[int], load: tupl
     ax.step(t_s, replicas, where="post", color="C0", label="replicas")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("replicas", color="C0")
-    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.yaxis.get_major_locator().set_params(integer=True)  # type: ignore[call-arg]  # a MaxNLocator's parameter
     if load is not None:
         right = ax.twinx()
         right.plot(load[0], load[1], color="C1", alpha=0.7, label="offered load")

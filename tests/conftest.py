@@ -34,9 +34,8 @@ def nothing_new_left(held: set[int]) -> Iterator[None]:
 
     before = {i["pid"] for i in process.running()}
     yield
-    # only what this test process started: other sessions may share the cache dir
-    left = [i for i in process.running() if i.get("parent") == os.getpid() and i["pid"] not in before and i["pid"] not in held]
-    assert not left, f"processes left running after the test: {left}"
+    # only what this test process started (started_here): other sessions may share the cache dir
+    process.assert_nothing_left(before=before | set(held), quiet=True)
 
 
 @pytest.hookimpl(hookwrapper=True)

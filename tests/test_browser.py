@@ -53,7 +53,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--LabServerApp.workspaces_dir=" + str(root / ".workspaces"),
     ]
     base = f"http://127.0.0.1:{port}"
-    ready = lambda: httpx.get(f"{base}/api/status", headers={"Authorization": f"token {token}"}, timeout=2).status_code == 200  # noqa: E731
+    ready = lambda: httpx.get(f"{base}/api/status", headers={"Authorization": f"token {token}"}, timeout=2).status_code == 200
     with process.start("jupyterlab", cmd, env={"LABKIT_FAST": "1", "JUPYTER_CONFIG_DIR": str(root / ".jupyter")}, ready=ready, timeout_s=90):
         yield f"{base}/lab/tree/{NOTEBOOK}?token={token}"
 

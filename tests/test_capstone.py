@@ -13,7 +13,7 @@ import pytest
 from labkit import data
 from labkit.errors import BadInput, ServiceUnavailable
 from labkit.exercises import ExerciseFailed, ex14
-from labkit.measure import capstone
+from labkit.measure import capstone, recovery, report
 from labkit.measure.load import Request
 from labkit.models import digit_nets
 
@@ -27,21 +27,6 @@ def digits_and_model():  # type: ignore[no-untyped-def]
 
 def _in_process(cnn):  # type: ignore[no-untyped-def]
     return lambda: capstone.Deployed(call=lambda x: int(digit_nets.predict(cnn, x[None])[0]), stop=lambda: None, in_process=True, kill_note="n/a")
-
-
-def test_closed_loop_calls_records_every_call_and_every_error() -> None:
-    def fn(i: int) -> int:
-        if i % 5 == 0:
-            raise RuntimeError(f"bad {i}")
-        return i
-
-    r = capstone.closed_loop_calls(fn, concurrency=4, n_requests=50)
-    assert r.n == 50 and r.errors == 10 and r.concurrency == 4
-    assert {q.worker for q in r.requests} <= set(range(4))
-    assert r.first_error() is not None and r.first_error().startswith("RuntimeError: bad")
-    assert r.throughput_per_s > 0 and r.stats().n == 40
-    with pytest.raises(BadInput):
-        capstone.closed_loop_calls(fn, concurrency=2)
 
 
 def test_in_process_option_is_measured_like_any_other(digits_and_model) -> None:  # type: ignore[no-untyped-def]
@@ -58,7 +43,7 @@ def test_in_process_option_is_measured_like_any_other(digits_and_model) -> None:
 def test_a_wrong_answer_is_a_failure_and_a_missing_service_an_unavailable_row(digits_and_model) -> None:  # type: ignore[no-untyped-def]
     x, y, cnn, expected = digits_and_model
     stopped = []
-    wrong = lambda: capstone.Deployed(call=lambda x: 11, stop=lambda: stopped.append(1))  # noqa: E731
+    wrong = lambda: capstone.Deployed(call=lambda x: 11, stop=lambda: stopped.append(1))
 
     def missing() -> capstone.Deployed:
         raise ServiceUnavailable("no broker here", "apt-get install it")
@@ -68,7 +53,7 @@ def test_a_wrong_answer_is_a_failure_and_a_missing_service_an_unavailable_row(di
     assert stopped == [1]  # stopped even when it failed
     r2 = capstone.run_option("missing", "Celery", missing, x, expected, (1,), 5, 1.0, None)
     assert not r2.available and r2.reason == "no broker here — apt-get install it"
-    df = capstone.table([r2], (1,))
+    df = report.table([r2], (1,))
     assert df.loc["missing", "status"] == "not available here: no broker here — apt-get install it"
     assert df.loc["missing", "Best for"] == "distributed task queues"
 
@@ -122,28 +107,28 @@ def test_recovery_from_request_records() -> None:
     normal = [_req(i * 0.01, 0.005) for i in range(100)]  # before the kill at t=1.0
     redelivered = [_req(0.999, 2.0)]  # in flight at the kill, answered 2 s later
     after = [_req(1.0 + i * 0.01, 0.005) for i in range(100)]
-    rec = capstone._recovery_from(normal + redelivered + after, 1.0)
+    rec = recovery.recovery_from(normal + redelivered + after, 1.0)
     assert rec == {"recovery_s": pytest.approx(1.999, abs=1e-3), "lost": 0, "recovered": True}
     failing = [_req(1.0 + i * 0.01, 0.001, ok=False) for i in range(50)]
-    assert capstone._recovery_from(normal + failing, 1.0)["recovered"] is False
-    timed_out = capstone._recovery_from(normal + [_req(0.999, 15.0, ok=False)] + after, 1.0)  # lost, others served
+    assert recovery.recovery_from(normal + failing, 1.0)["recovered"] is False
+    timed_out = recovery.recovery_from(normal + [_req(0.999, 15.0, ok=False)] + after, 1.0)  # lost, others served
     assert timed_out == {"recovery_s": pytest.approx(14.999, abs=1e-3), "lost": 1, "recovered": True}
-    lost_one = capstone._recovery_from(normal + [_req(0.999, 0.01, ok=False)] + after, 1.0)
+    lost_one = recovery.recovery_from(normal + [_req(0.999, 0.01, ok=False)] + after, 1.0)
     assert lost_one["lost"] == 1 and lost_one["recovered"] is True and lost_one["recovery_s"] < 0.05
 
 
 def test_pareto_front() -> None:
     points = {"a": (100.0, 10.0), "b": (200.0, 20.0), "c": (150.0, 30.0), "d": (50.0, 5.0), "e": (200.0, 25.0)}
-    assert capstone.pareto_front(points) == ["d", "a", "b"]  # c and e are dominated by b
-    assert capstone.pareto_front({"only": (1.0, 1.0)}) == ["only"]
-    assert capstone.pareto_front({"x": (1.0, 1.0), "y": (1.0, 1.0)}) == ["x", "y"]  # ties dominate nothing
+    assert report.pareto_front(points) == ["d", "a", "b"]  # c and e are dominated by b
+    assert report.pareto_front({"only": (1.0, 1.0)}) == ["only"]
+    assert report.pareto_front({"x": (1.0, 1.0), "y": (1.0, 1.0)}) == ["x", "y"]  # ties dominate nothing
 
 
 def test_count_loc_and_deploy_loc() -> None:
     cell = "# deploy: Thing\n\ndef deploy():\n    # a comment\n    x = 1\n\n    return x\n%time 1\n"
-    assert capstone.count_loc(cell) == 3
+    assert report.count_loc(cell) == 3
     cells = ["x = 1", cell, "# deploy: Other\na = 1", "# deploy: Thing\none_line()"]
-    assert capstone.deploy_loc(cells) == {"Thing": 1, "Other": 1}  # the re-run cell wins
+    assert report.deploy_loc(cells) == {"Thing": 1, "Other": 1}  # the re-run cell wins
 
 
 def test_deployed_checks_its_arguments_and_codecs() -> None:
@@ -151,12 +136,7 @@ def test_deployed_checks_its_arguments_and_codecs() -> None:
         capstone.Deployed(stop=lambda: None)
     with pytest.raises(BadInput):
         capstone.Deployed(stop=lambda: None, url="http://127.0.0.1:1/x", codec="nope")
-    tf = capstone.CODECS["tfserving"]
-    assert tf.label({"predictions": [{"classes": 7, "probabilities": [0.0] * 10}]}) == 7
-    assert tf.label({"predictions": [[0.1, 0.9] + [0.0] * 8]}) == 1
-    x = data.load_digits().x_test[0]
-    for codec in capstone.CODECS.values():
-        json.dumps(codec.body(x))  # every body is plain JSON
+    assert capstone.CODECS["gateway"].encode(data.load_digits().x_test[0])["timeout_s"] == capstone.GATEWAY_TIMEOUT_S
 
 
 def test_table_plots_files_and_advice(digits_and_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -167,14 +147,14 @@ def test_table_plots_files_and_advice(digits_and_model, tmp_path) -> None:  # ty
     r = capstone.run_option("In-process", "In-process", _in_process(cnn), x, expected, (1, 2), 10, 2.0, None, n_check=4)
     r.loc = 4
     other = capstone.OptionResult("Broken", "TF Serving", available=False, reason="nope")
-    df = capstone.table([r, other], (1, 2))
+    df = report.table([r, other], (1, 2))
     assert list(df.columns[:3]) == ["Best for", "Advantages", "Drawbacks"] and df.loc["In-process", "deploy LOC"] == 4
-    fig = capstone.plot_all([r, other])
-    paths = capstone.save([r, other], df, fig, folder=tmp_path)
+    fig = report.plot_all([r, other])
+    paths = report.save([r, other], df, fig, folder=tmp_path)
     assert {p.suffix for p in paths.values()} == {".json", ".csv", ".png"}
     saved = json.loads(paths["json"].read_text())
     assert saved["options"][0]["loads"]["1"]["n"] == 10 and saved["options"][1]["reason"] == "nope"
-    text = " ".join(capstone.advice([r, other]))
+    text = " ".join(report.advice([r, other]))
     assert "In-process" in text and f"{r.best()['throughput_per_s']:.0f}" in text
 
 
@@ -195,6 +175,6 @@ def test_exercise_checks() -> None:
 
 
 def test_notebook_sources_count_the_capstone_deploy_cells() -> None:
-    loc = capstone.deploy_loc(capstone.notebook_sources("14_comparison_capstone.ipynb"))
+    loc = report.deploy_loc(report.notebook_sources("14_comparison_capstone.ipynb"))
     assert len(loc) == 9 and all(n > 0 for n in loc.values()), loc
-    assert capstone.notebook_sources("no_such_notebook.ipynb") == []
+    assert report.notebook_sources("no_such_notebook.ipynb") == []

@@ -15,14 +15,13 @@ import psutil
 import pytest
 from conftest import need, nothing_new_left
 
-from labkit import data
+from labkit import data, needs
 from labkit.apps import celery_tasks as ct
 from labkit.bench import celery as bench_celery
 from labkit.errors import BadInput
 from labkit.models import digit_nets
 from labkit.runtime import process
 from labkit.services import celery as celery_svc
-from labkit import needs
 from labkit.services import rabbitmq, redis
 
 pytestmark = pytest.mark.service

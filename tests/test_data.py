@@ -12,7 +12,7 @@ def test_digits_split_is_fixed_and_disjoint() -> None:
     sizes = [len(d.y_train), len(d.y_val), len(d.y_test)]
     assert sum(sizes) == 1797
     assert d.x_train.shape[1:] == (1, 8, 8) and d.x_train.dtype == np.float32
-    assert 0.0 <= d.x_train.min() and d.x_train.max() <= 1.0
+    assert d.x_train.min() >= 0.0 and d.x_train.max() <= 1.0
     assert set(np.unique(d.y_test)) == set(range(10))
     assert not d.x_train.flags.writeable  # shared, cached arrays are read-only
 
@@ -42,7 +42,7 @@ def test_scenes_deterministic_and_noisy() -> None:
     b = data.make_scenes(5, seed=3, noise=0.2)
     assert np.array_equal(a.images, b.images)
     assert all(np.array_equal(p, q) for p, q in zip(a.boxes, b.boxes))
-    assert 0.0 <= a.images.min() and a.images.max() <= 1.0
+    assert a.images.min() >= 0.0 and a.images.max() <= 1.0
 
 
 @pytest.mark.parametrize(

@@ -64,3 +64,13 @@ def test_student_edition_of_the_real_notebooks(tmp_path: Path) -> None:
             if cell.cell_type == "code":
                 body = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("!", "%")) and not line.rstrip().endswith("??"))
                 compile(body, f"{path.name}", "exec")
+
+
+def test_one_placeholder_rule_for_every_check() -> None:
+    """Every exercise module asks ``exercises.is_unanswered`` what "not done yet" means; none re-implements it."""
+    from pathlib import Path
+
+    import labkit.exercises as pkg
+
+    copies = [f"{p.name}:{n}" for p in sorted(Path(pkg.__file__).parent.glob("ex*.py")) for n, line in enumerate(p.read_text().splitlines(), 1) if "Ellipsis" in line]
+    assert not copies, f"use exercises.is_unanswered instead of testing for None/Ellipsis: {copies}"

@@ -20,7 +20,6 @@ from labkit import data
 from labkit.apps import celery_tasks as ct
 from labkit.apps import gateway as gateway_app
 from labkit.models import digit_nets
-from labkit.runtime import process
 from labkit.services import celery as celery_svc
 from labkit.services import gateway, redis
 

@@ -98,3 +98,55 @@ def test_closed_loop_calls_records_answers_errors_and_exceptions() -> None:
     assert result.status_counts() == {"ok": 32, "ConnectionError": 4, "wrong answer": 4}
     with pytest.raises(BadInput):
         load.closed_loop_calls("10.1.2.3:8500", client, n_requests=1)
+
+
+def test_closed_loop_threads_records_every_call_and_every_error() -> None:
+    def fn(i: int) -> int:
+        if i % 5 == 0:
+            raise RuntimeError(f"bad {i}")
+        return i
+
+    r = load.closed_loop_threads(fn, concurrency=4, n_requests=50)
+    assert r.n == 50 and r.errors == 10 and r.concurrency == 4
+    assert {q.worker for q in r.requests} <= set(range(4))
+    assert r.first_error() is not None and r.first_error().startswith("RuntimeError: bad")
+    assert r.throughput_per_s > 0 and r.stats().n == 40
+    assert r.status_counts() == {"ok": 40, "RuntimeError": 10}  # not HTTP: no status, like closed_loop_calls
+    with pytest.raises(BadInput):
+        load.closed_loop_threads(fn, concurrency=2)
+
+
+def test_batching_sweep_serves_each_setting_loads_each_concurrency_and_stops_it(echo_url: str) -> None:
+    """The one sweep behind TorchServe's, Ray Serve's and TF Serving's: every row measured, every server stopped."""
+    import contextlib
+
+    from labkit.measure import batching
+
+    events: list[str] = []
+
+    @contextlib.contextmanager
+    def serve(setting: batching.Setting) -> Iterator[batching.Served]:
+        events.append(f"start {setting.max_batch_size}")
+        try:
+            yield batching.Served(
+                echo_url,
+                lambda i: {"i": i, "fail": setting.batching and i == 3},  # one wrong answer in the batched run
+                check=lambda r: None if "echo" in r.json() else "no echo",
+                batch_size_of=lambda answer: 4 if setting.batching else 1,  # as a server that reports its batches
+                transports={"fake": lambda c, n: load.closed_loop_threads(lambda i: None, c, n)},
+                info=lambda: {"stopped_after": len(events)},
+            )
+        finally:
+            events.append(f"stop {setting.max_batch_size}")
+
+    result = batching.sweep([batching.Setting(1), batching.Setting(4, 5)], [1, 3], serve, n_requests=12, warmup=(1, 2), progress=False)
+    assert events == ["start 1", "stop 1", "start 4", "stop 4"]
+    assert [(r.max_batch_size, r.concurrency, r.transport) for r in result.rows] == [(1, 1, "http"), (1, 1, "fake"), (1, 3, "http"), (1, 3, "fake"), (4, 1, "http"), (4, 1, "fake"), (4, 3, "http"), (4, 3, "fake")]
+    assert all(r.load.n == 12 for r in result.rows)
+    assert result.row(4, 3).errors == 1 and result.row(1, 3).errors == 0  # the 500 is counted, never dropped
+    assert result.row(1, 1).mean_batch == 1.0 and result.row(4, 1).mean_batch == 4.0 and result.row(4, 1, "fake").mean_batch == 0.0
+    assert result.gain(3) == pytest.approx(result.row(4, 3).throughput_per_s / result.row(1, 3).throughput_per_s)
+    assert set(result.servers) == {"no batching", "max batch 4, wait 5 ms"}
+    assert result.row(4, 3).summary()["batches_formed"] == {4: 11}
+    with pytest.raises(BadInput):
+        result.row(8, 3)

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
 from conftest import need
+
 from labkit.runtime import process
 
 ROOT = Path(__file__).parent.parent

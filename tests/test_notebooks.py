@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -77,3 +78,96 @@ def test_readme_lists_it_and_its_needs(nb: nbformat.NotebookNode) -> None:
     gpus = re.findall(r"require\(gpus=(\d+)", "\n".join(_code(nb)))
     if gpus:
         assert "GPU" in row, f"{path.name} has GPU-only cells (require(gpus={max(gpus)})): its README row must say so"
+
+
+# ---------------------------------------------------------------- what a notebook shows or calls of labkit
+
+
+def _python(source: str) -> str:
+    """A cell's code as plain Python: IPython lines (``%``, ``!``) dropped, ``obj??`` kept as ``obj``."""
+    lines = []
+    for line in source.splitlines():
+        if line.lstrip().startswith(("%", "!")):
+            lines.append("")
+        else:
+            lines.append(re.sub(r"^(\s*)([\w.]+)\?\??\s*$", r"\1\2", line))
+    return "\n".join(lines)
+
+
+def _labkit_names(nb: nbformat.NotebookNode) -> tuple[dict[str, str], list[ast.AST]]:
+    """The names the notebook binds to labkit objects (``{local name: dotted path}``) and every cell's AST."""
+    bound: dict[str, str] = {}
+    trees = []
+    for src in _code(nb):
+        tree = ast.parse(_python(src))
+        trees.append(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "labkit":
+                for a in node.names:
+                    bound[a.asname or a.name] = f"{node.module}.{a.name}"
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.split(".")[0] == "labkit":
+                        bound[a.asname or a.name.split(".")[0]] = (a.asname and a.name) or "labkit"
+    return bound, trees
+
+
+def test_uses_no_private_name_of_labkit(nb: nbformat.NotebookNode) -> None:
+    """A lesson reaching into ``_name`` breaks silently on a rename: everything it uses is public."""
+    bound, trees = _labkit_names(nb)
+    private = sorted(f"{q} (import)" for n, q in bound.items() if n.startswith("_") or any(p.startswith("_") and not p.startswith("__") for p in q.split(".")))
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                root = node.value
+                while isinstance(root, ast.Attribute):
+                    root = root.value
+                if isinstance(root, ast.Name) and root.id in bound:
+                    private.append(f"{ast.unparse(node)} (line {node.lineno})")
+    assert not private, f"{nb.metadata['path'].name} uses private names of labkit: {private}"
+
+
+def test_shows_code_through_labkit_show(nb: nbformat.NotebookNode) -> None:
+    """No ``??`` (prints nothing in an executed notebook) and no slicing of source text."""
+    code = "\n".join(_code(nb))
+    name = nb.metadata["path"].name
+    assert not re.search(r"^\s*[\w.]+\?\?\s*$", code, re.M), f"{name}: show labkit code with labkit.show(...), not ??"
+    assert not re.search(r"getsource\([^)]*\)\s*(\.index|\.split|\[)", code) and "source.index(" not in code, f"{name}: show a named region, don't slice source text"
+
+
+def _shown(nb: nbformat.NotebookNode) -> list[tuple[str, str | None]]:
+    """Every ``labkit.show(...)`` call: (what, region) as written (``what`` a dotted module or object name)."""
+    out = []
+    for tree in _labkit_names(nb)[1]:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("labkit.show", "show"):
+                args = [a.value if isinstance(a, ast.Constant) else ast.unparse(a) for a in node.args]
+                out.append((args[0], args[1] if len(args) > 1 else None))
+    return out
+
+
+def test_everything_shown_exists_and_says_where_it_is_shown(nb: nbformat.NotebookNode) -> None:
+    """Each region a notebook names exists; each object it shows is public and its docstring says 'Shown in NN'."""
+    import importlib
+    import inspect
+
+    from labkit.show import regions
+
+    path: Path = nb.metadata["path"]
+    bound, _ = _labkit_names(nb)
+    for what, region in _shown(nb):
+        if region is not None:
+            assert region in regions(what), f"{path.name}: no region {region!r} in {what}"
+            module = importlib.import_module(what)
+            assert f"Shown in {path.name[:2]}" in (module.__doc__ or ""), f"{path.name}: {what}'s docstring must say 'Shown in {path.name[:2]}'"
+            continue
+        head, *rest = what.split(".")
+        assert head in bound, f"{path.name}: labkit.show({what}) — {head} is not a labkit name here"
+        obj: object = importlib.import_module(bound[head]) if importlib.util.find_spec(bound[head]) else None
+        if obj is None:
+            module, _, attr = bound[head].rpartition(".")
+            obj = getattr(importlib.import_module(module), attr)
+        for part in rest:
+            obj = getattr(obj, part)
+        doc = inspect.getdoc(getattr(obj, "run", obj)) if not inspect.getdoc(obj) else inspect.getdoc(obj)
+        assert f"Shown in {path.name[:2]}" in (doc or ""), f"{path.name}: the docstring of {what} must say 'Shown in {path.name[:2]}'"

@@ -92,7 +92,7 @@ def test_children_die_with_their_parent_even_on_sigkill(tmp_path) -> None:  # ty
     script = tmp_path / "parent.py"
     script.write_text(
         textwrap.dedent(
-            f"""
+            """
             import sys, time
             from labkit.runtime import process
             p = process.start("orphan-check", [sys.executable, "-c", "import time; time.sleep(60)"])

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from labkit.apps import wire
 from labkit.data import load_digits
 from labkit.exercises import ExerciseFailed, ex07
 from labkit.models import digit_nets, wide
@@ -29,7 +30,7 @@ SERVE_PYDANTIC = "ignore:Using extra keyword arguments on `Field` is deprecated:
 
 def test_encode_decode_round_trip() -> None:
     x = load_digits().x_test[:5]
-    back = wide.decode(wide.encode(x))
+    back = wire.CODECS["ray-serve"].decode(wire.CODECS["ray-serve"].encode(x))
     assert back.shape == (5, 1, 8, 8) and back.dtype == np.float32
     assert np.array_equal(back, x), "the model must see exactly the digits that were sent"
 
@@ -154,17 +155,17 @@ def test_serve_answers_like_the_local_model(cluster: Any, cnn: Any) -> None:
             return [preds[a:b] for a, b in zip(sizes[:-1], sizes[1:])]
 
         async def __call__(self, request: Any) -> dict[str, Any]:
-            return {"pred": await self.predict(wide.decode(await request.json()))}
+            return {"pred": await self.predict(wire.CODECS["ray-serve"].decode(await request.json()))}
 
     url = cluster.start_serve()
     assert url.startswith("http://127.0.0.1:")
     serve.run(Digits.bind(), name="digits", route_prefix="/digits")  # type: ignore[attr-defined]
     x = load_digits().x_test[:32]
-    answer = httpx.post(f"{url}/digits", json=wide.encode(x), timeout=60).json()
+    answer = httpx.post(f"{url}/digits", json=wire.CODECS["ray-serve"].encode(x), timeout=60).json()
     assert answer["pred"] == digit_nets.predict(cnn, x).tolist()
     result = load.closed_loop(
         f"{url}/digits",
-        lambda i: wide.encode(x[i % 32 : i % 32 + 1]),
+        lambda i: wire.CODECS["ray-serve"].encode(x[i % 32 : i % 32 + 1]),
         concurrency=8,
         n_requests=48,
         check=lambda r: None if len(r.json()["pred"]) == 1 else "one digit in, one class out",

@@ -13,14 +13,15 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import psutil
 import pytest
-from conftest import need
+from conftest import need, nothing_new_left
 
-from labkit.runtime import process
 from labkit import needs
+from labkit.runtime import process
 from labkit.services import rabbitmq, redis
 
 pytestmark = pytest.mark.service
@@ -49,12 +50,9 @@ def _tree_pids(handle: process.Handle) -> list[int]:
 
 
 @pytest.fixture(autouse=True)
-def _nothing_new_left() -> None:
-    before = {i["pid"] for i in process.running()}
-    yield
-    # only what this test process started: other sessions may share the cache dir
-    left = [i for i in process.running() if i.get("parent") == os.getpid() and i["pid"] not in before]
-    assert not left, f"processes left running after the test: {left}"
+def _nothing_new_left() -> Iterator[None]:
+    with nothing_new_left(set()):
+        yield
 
 
 def test_redis_starts_answers_and_stops_clean(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,16 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
 import pytest
 from conftest import need
 
 from labkit import data
+from labkit.apps import wire
 from labkit.apps.torchserve_handler import DigitHandler
 from labkit.errors import BadInput
 from labkit.exercises import ExerciseFailed, ex09
 from labkit.models import digit_nets
+from labkit.runtime import process
 from labkit.services import torchserve
 
 METRICS_TEXT = """# HELP ts_inference_requests_total Total number of inference requests.
@@ -102,9 +103,9 @@ def test_handler_answers_a_batch_and_rejects_bad_items_alone(tmp_path: Path) -> 
     handler.initialize(ctx)
     x = data.load_digits().x_test[:3]
     batch = [
-        {"body": torchserve.digit_payload(x[0])},
+        {"body": wire.CODECS["torchserve"].encode(x[0])},
         {"body": {"pixels": [1, 2, 3]}},  # wrong shape
-        {"data": json.dumps(torchserve.digit_payload(x[1])).encode()},  # gRPC style bytes
+        {"data": json.dumps(wire.CODECS["torchserve"].encode(x[1])).encode()},  # gRPC style bytes
         {"body": None},  # form-encoded body reaches the handler as None
         {"body": b"not json"},
     ]
@@ -126,12 +127,14 @@ def test_archive_refuses_other_models(tmp_path: Path) -> None:
 
 @pytest.mark.unit
 def test_exercise_checks_both_ways(capsys: pytest.CaptureFixture[str]) -> None:
-    rows = [
-        {"batch_size": 1, "concurrency": 32, "throughput_per_s": 50.0},
-        {"batch_size": 32, "concurrency": 32, "throughput_per_s": 200.0},
-        {"batch_size": 8, "concurrency": 32, "throughput_per_s": 150.0},
-        {"batch_size": 32, "concurrency": 1, "throughput_per_s": 900.0},
-    ]
+    from labkit.measure.batching import Setting, SweepRow
+    from labkit.measure.load import LoadResult, Request
+
+    def row(batch_size: int, concurrency: int, throughput_per_s: float) -> SweepRow:  # n requests in 1 s
+        load = LoadResult([Request(0.0, 0.01, 200)] * int(throughput_per_s), elapsed_s=1.0)
+        return SweepRow(Setting(batch_size, 10.0 if batch_size > 1 else 0.0), concurrency, "http", load)
+
+    rows = [row(1, 32, 50.0), row(32, 32, 200.0), row(8, 32, 150.0), row(32, 1, 900.0)]
     assert ex09.check_batching_gain(None, rows) is False
     assert "not done yet" in capsys.readouterr().out
     assert ex09.check_batching_gain(4.0, rows) is True
@@ -164,7 +167,7 @@ def server() -> Iterator[tuple[torchserve.TorchServe, dict[str, Any]]]:
         tree = ts.process.tree() if ts.process else []
         ts.stop()
         psutil.wait_procs(tree, timeout=10)
-        assert not _alive([p.pid for p in tree]), "TorchServe processes left after stop()"
+        assert not process.alive([p.pid for p in tree]), "TorchServe processes left after stop()"
 
 
 @pytest.mark.service
@@ -191,7 +194,7 @@ def test_grpc_answers_equal_in_process(server: tuple[torchserve.TorchServe, dict
     with grpc.insecure_channel(ts.grpc_address) as channel:
         stub = pb2_grpc.InferenceAPIsServiceStub(channel)
         labels = [
-            json.loads(stub.Predictions(pb2.PredictionsRequest(model_name="digits", model_version="2.0", input={"data": json.dumps(torchserve.digit_payload(xi)).encode()})).prediction)["label"]
+            json.loads(stub.Predictions(pb2.PredictionsRequest(model_name="digits", model_version="2.0", input={"data": json.dumps(wire.CODECS["torchserve"].encode(xi)).encode()})).prediction)["label"]
             for xi in ref["x"]
         ]
         with pytest.raises(grpc.RpcError) as err:
@@ -205,7 +208,7 @@ def test_bad_inputs_get_http_errors_and_server_keeps_serving(server: tuple[torch
     import httpx
 
     ts, ref = server
-    good = json.dumps(torchserve.digit_payload(ref["x"][0]))
+    good = json.dumps(wire.CODECS["torchserve"].encode(ref["x"][0]))
     js = {"Content-Type": "application/json"}
     cases = [
         (ts.predictions_url("digits"), '{"pixels": [1, 2, 3]}', js, 400),
@@ -233,7 +236,7 @@ def test_dynamic_batching_forms_batches_and_scaling_adds_workers(server: tuple[t
 
         async def burst() -> list[Any]:
             async with httpx.AsyncClient(timeout=60) as client:
-                return await asyncio.gather(*[client.post(url, json=torchserve.digit_payload(ref["x"][i % 12])) for i in range(8)])
+                return await asyncio.gather(*[client.post(url, json=wire.CODECS["torchserve"].encode(ref["x"][i % 12])) for i in range(8)])
 
         answers = [r.json() for r in asyncio.run(burst())]
         assert [a["label"] for a in answers] == [ref["1.0"][i % 12] for i in range(8)]
@@ -269,19 +272,8 @@ def test_no_java_or_worker_survives_sigkill_of_parent(server: tuple[torchserve.T
         child.send_signal(signal.SIGKILL)
         child.wait()
     deadline = time.monotonic() + 30
-    alive = _alive(pids)
+    alive = process.alive(pids)
     while alive and time.monotonic() < deadline:
         time.sleep(0.2)
-        alive = _alive(pids)
+        alive = process.alive(pids)
     assert not alive, f"still running after the parent was killed: {alive}"
-
-
-def _alive(pids: list[int]) -> list[int]:
-    out = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out

@@ -2,7 +2,8 @@
 
 celery_tasks (the Celery app and tasks), gateway (FastAPI in front of Celery), model_server (one
 replica of the Kubernetes lesson), balancer (its Service), torchserve_handler (the TorchServe
-handler), tfserving/ (the TF-Serving-API stand-in server).
+handler), tfserving/ (the TF-Serving-API stand-in server); wire (the JSON each of them speaks: one
+codec base, one codec per server, used by clients and servers alike).
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import time
 from typing import Any
 
@@ -150,5 +149,7 @@ async def _reply(send: Any, status: int, payload: dict[str, Any], retries: int =
 
 def __getattr__(name: str) -> Any:  # ``uvicorn labkit.apps.balancer:app``
     if name == "app":
-        return Balancer(mode=os.environ.get("LABKIT_LB_MODE", "kube-proxy"), retries=int(os.environ.get("LABKIT_LB_RETRIES", RETRIES)))
+        from labkit import config
+
+        return Balancer(mode=config.balancer_mode("kube-proxy"), retries=config.balancer_retries(RETRIES))
     raise AttributeError(name)

@@ -43,7 +43,10 @@ _DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 
 
 def settings(broker_url: str, backend_url: str | None = None) -> dict[str, Any]:
-    """The whole configuration: at-least-once delivery, routing, result expiry, JSON only."""
+    """The whole configuration: at-least-once delivery, routing, result expiry, JSON only.
+
+    Shown in 06 §3.
+    """
     return {
         "broker_url": broker_url,
         "result_backend": backend_url or (broker_url if broker_url.startswith("redis") else "rpc://"),
@@ -95,7 +98,10 @@ _models_lock = threading.Lock()
 
 
 def load_models() -> dict[str, Any]:
-    """Load (train once, then from the disk cache) the CNN and MLP into this process."""
+    """Load (train once, then from the disk cache) the CNN and MLP into this process.
+
+    Shown in 06 §3.
+    """
     from labkit.models import digit_nets
 
     with _models_lock:
@@ -153,6 +159,8 @@ def model_1(self: Any, images: list[Any], repeats: int = 1) -> dict[str, Any]:
 
     ``repeats`` runs the model that many times (a heavier model, for the fault-injection demo).
     ``track_started``: while it runs, its state is STARTED with the worker's pid and hostname.
+
+    Shown in 06 §3.
     """
     return _infer("cnn", images, repeats, self.request.hostname)
 
@@ -191,5 +199,8 @@ def flaky_predict(self: Any, images: list[Any], fail_first: int = 2, backoff_s: 
 
 
 def ensemble(images: list[Any]) -> Any:
-    """A chord: ``group(model_1, model_2)`` run in parallel on the two queues, then ``combine``."""
+    """A chord: ``group(model_1, model_2)`` run in parallel on the two queues, then ``combine``.
+
+    Shown in 06 §3.
+    """
     return chord(group(model_1.s(images), model_2.s(images)), combine.s())

@@ -9,7 +9,8 @@ Routes (``create_app()`` builds them; ``labkit.services.gateway.start`` runs
     GET  /readyz            the broker and the result backend answer (readiness)
 
 Bad input gets a 422 naming the field, a body over ``MAX_BODY_BYTES`` a 413, a result later
-than ``timeout_s`` a 504. Used in 06 and ``labkit bench gateway``.
+than ``timeout_s`` a 504. Used in 06 and ``labkit bench gateway``; its ``predict-route`` region
+is Shown in 06 §4.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the route annotations of locally defined models
@@ -127,6 +128,7 @@ def create_app() -> Any:
     def answer(req: PredictRequest, value: dict[str, Any], t0: float) -> dict[str, Any]:
         return {"model": req.model, "pred": value["pred"], "latency_ms": round((time.perf_counter() - t0) * 1e3, 3)}
 
+    # region: predict-route
     @api.post("/predict")
     async def predict(req: PredictRequest) -> Any:
         """Submit, then poll ``ready()`` with ``await asyncio.sleep`` in between: the loop stays free."""
@@ -148,6 +150,8 @@ def create_app() -> Any:
         t0 = time.perf_counter()
         value = submit(req).get(timeout=req.timeout_s)  # blocks every other request meanwhile
         return answer(req, value, t0)
+
+    # endregion
 
     @api.get("/healthz")
     async def healthz() -> dict[str, Any]:

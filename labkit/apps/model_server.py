@@ -52,10 +52,11 @@ def load_model(path: str | Path | None = None) -> Any:
     else labkit's cached trained one."""
     import torch
 
+    from labkit import config
     from labkit.models import digit_nets
 
-    cfg = digit_nets.TrainConfig(arch=os.environ.get("LABKIT_MODEL_ARCH", "cnn"))  # type: ignore[arg-type]
-    path = path or os.environ.get("LABKIT_MODEL_PATH") or None
+    cfg = digit_nets.TrainConfig(arch=config.model_arch())  # type: ignore[arg-type]
+    path = path or config.model_path()
     if path is None:
         return digit_nets.trained(cfg, progress=False)
     model = digit_nets.build(cfg)
@@ -132,13 +133,15 @@ class InflightCounter:
 
 def create_app() -> Any:
     """Build the FastAPI app: the model loads in the lifespan, so /healthz answers before /readyz."""
+    import asyncio
+
     import numpy as np
     import torch
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel
 
-    import asyncio
+    from labkit import config
 
     state: dict[str, Any] = {"ready_at": None, "model": None, "served": 0}
     one_at_a_time = asyncio.Semaphore(1)
@@ -150,12 +153,12 @@ def create_app() -> Any:
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
-        torch.set_num_threads(int(os.environ.get("LABKIT_TORCH_THREADS", "1")))
+        torch.set_num_threads(config.model_server_threads())
         model = load_model()
         with torch.inference_mode():
             model(torch.zeros(8, 1, 8, 8))  # warm-up, as a real server would before going ready
         state["model"] = model
-        state["ready_at"] = time.monotonic() + float(os.environ.get("LABKIT_READY_DELAY_S", "0") or 0)
+        state["ready_at"] = time.monotonic() + config.ready_delay_s()
         yield
 
     api = FastAPI(title="labkit digit model server", lifespan=lifespan)

@@ -42,7 +42,9 @@ class DigitHandler:
             DigitMLP,
         )
 
-        torch.set_num_threads(int(os.environ.get("LABKIT_TS_THREADS", "1")))
+        from labkit import config
+
+        torch.set_num_threads(config.torchserve_threads())
         model_dir = context.system_properties["model_dir"]
         manifest = context.manifest["model"]
         with open(os.path.join(model_dir, "model_config.json")) as f:
@@ -61,21 +63,19 @@ class DigitHandler:
 
     def preprocess(self, data: list[dict[str, Any]]) -> tuple[torch.Tensor, dict[int, str]]:
         """Decode each request into an 8×8 image; bad ones are set aside with the reason."""
+        from labkit.apps.wire import TorchServeCodec
+
+        codec = TorchServeCodec()
         images, errors = [], {}
         for i, row in enumerate(data):
             body = row.get("body", row.get("data"))  # REST puts the JSON in "body", gRPC in "data"
             try:
                 if isinstance(body, (bytes, bytearray, str)):
                     body = json.loads(body)
-                if not isinstance(body, dict) or "pixels" not in body:
-                    raise ValueError('expected a JSON object {"pixels": 8x8 list} with Content-Type: application/json')
-                x = torch.tensor(body["pixels"], dtype=torch.float32)
-                if tuple(x.shape) != IMAGE_SHAPE:
-                    raise ValueError(f"pixels must have shape {list(IMAGE_SHAPE)}, got {list(x.shape)}")
-                images.append(x)
+                images.append(torch.from_numpy(codec.decode(body)))
             except (ValueError, TypeError, UnicodeDecodeError) as exc:
                 errors[i] = str(exc)[:200]
-        x = torch.stack(images).unsqueeze(1) if images else torch.zeros(0, 1, *IMAGE_SHAPE)
+        x = torch.cat(images) if images else torch.zeros(0, 1, *IMAGE_SHAPE)
         return x, errors
 
     def inference(self, x: torch.Tensor) -> torch.Tensor:

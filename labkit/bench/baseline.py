@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -45,6 +46,7 @@ def batch_sweep(model: Any, batch_sizes: Sequence[int], repeats: int = 10, threa
 
     The batches are made on the model's device in its dtype; on a GPU each timed call ends when
     the GPU has finished it (``timing.measure(..., device=...)``).
+    Shown in 00 §4.
     """
     import statistics
 
@@ -62,7 +64,7 @@ def batch_sweep(model: Any, batch_sizes: Sequence[int], repeats: int = 10, threa
     with hardware.threads_limited(n_threads), torch.inference_mode():
         for bs in tqdm(list(batch_sizes), desc="batch sizes", disable=not progress, leave=False):
             x = torch.rand(bs, 1, 8, 8, device=param.device).to(param.dtype)
-            t = statistics.median(measure(lambda: model(x), repeats=repeats, warmup=2, device=param.device))
+            t = statistics.median(measure(functools.partial(model, x), repeats=repeats, warmup=2, device=param.device))
             out.append(SweepPoint(bs, t * 1e3, bs / t, flops * bs / t / 1e9))
     return out
 
@@ -142,7 +144,10 @@ def _throughput_alone(model: Any, n_threads: int, seconds: float) -> float:
 
 def oversubscription(seconds: float = OVERSUB_SECONDS, n_processes: int = 2) -> dict[str, float]:
     """Throughput (items/s) of: one process using every core; ``n_processes`` processes with
-    every core's worth of threads each (oversubscribed); ``n_processes`` with 1 thread each."""
+    every core's worth of threads each (oversubscribed); ``n_processes`` with 1 thread each.
+
+    Shown in 00 §5.
+    """
     from labkit.errors import WorkerFailed
     from labkit.models import digit_nets
     from labkit.runtime import hardware

@@ -82,6 +82,8 @@ def kill_during_batch(workers: list[Any], n: int = 20, repeats: int = 600, timeo
 
     Every result is checked against the CNN run here; ``redelivery_s`` is the time from the kill
     until the killed task's result arrived (done by another worker, after the broker gave it back).
+
+    Shown in 06 §5 (its docstring).
     """
     import time
 
@@ -121,9 +123,10 @@ def kill_during_batch(workers: list[Any], n: int = 20, repeats: int = 600, timeo
     seen: dict[str, int] = {}
     for v in received:
         seen[v["worker"]] = seen.get(v["worker"], 0) + 1
-    k = results.index(victim_task)  # type: ignore[arg-type]
+    k = results.index(victim_task)
     redelivery = done_at[k] - t_kill if k in done_at else float("inf")
-    redone_by = values[k]["worker"] if values[k] is not None else None
+    victim_value = values[k]
+    redone_by = victim_value["worker"] if victim_value is not None else None
     return BatchAfterKill(n, len(received), correct, victim.nodename, redelivery, now() - t0, seen, redone_by)
 
 

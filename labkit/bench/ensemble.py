@@ -22,7 +22,10 @@ SPEEDUP_TARGET = 1.85
 
 
 def run(fast: bool = False) -> bench.Result:
-    """Measure the 2-process speedup of a 2-member ensemble over running the members one after another."""
+    """Measure the 2-process speedup of a 2-member ensemble over running the members one after another.
+
+    Shown in 02 (Summary).
+    """
     batch = 16384 if fast else 65536
     repeats = 5 if fast else 7
     digits = data.load_digits()

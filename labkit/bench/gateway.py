@@ -21,9 +21,9 @@ CONCURRENCY = 16
 def payload(n_images: int = 8, model: str = "cnn") -> dict[str, Any]:
     """A valid request body: ``n_images`` test digits for ``model``."""
     from labkit import data
+    from labkit.apps.wire import GatewayCodec
 
-    d = data.load_digits()
-    return {"images": d.x_test[:n_images].reshape(n_images, -1).tolist(), "model": model}
+    return GatewayCodec(model).encode(data.load_digits().x_test[:n_images])
 
 
 def _check(expected: list[int]) -> Any:

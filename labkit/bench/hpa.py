@@ -57,7 +57,8 @@ def run(fast: bool = True) -> bench.Result:
     down_s = 8.0 if fast else 15.0
     bar = tqdm(total=3, desc="bench hpa", leave=False)
     body = emulator.payload()
-    with emulator.start_deployment(replicas=1) as dep:
+    dep = emulator.start_deployment(replicas=1)
+    with dep:
         bar.set_postfix_str("calibrate")
         cal = emulator.calibrate(dep, body, n_requests=20 if fast else 60)
         bar.update()

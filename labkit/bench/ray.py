@@ -13,17 +13,24 @@ Notebook 07 calls ``overheads`` and ``serve_batching`` from here.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from labkit import bench
 from labkit.measure.timing import latency_stats, now
+from labkit.models import wide
+
+if TYPE_CHECKING:
+    from labkit.measure.batching import BatchingSweep
 
 __all__ = ["model_batching_gain", "overheads", "run", "serve_batching"]
 
-WIDE_WIDTH = 8192
+WIDE_WIDTH = wide.WIDTH
 CONCURRENCY = 32
+BATCH_WAIT_S = 0.01  # Serve's batch_wait_timeout_s
 
 
 def overheads(n_round_trips: int = 200, n_tasks: int = 1000) -> dict[str, float]:
@@ -71,7 +78,10 @@ def overheads(n_round_trips: int = 200, n_tasks: int = 1000) -> dict[str, float]
 def _deployment(width: int) -> Any:
     from ray import serve
 
+    from labkit.apps.wire import RayServeCodec
     from labkit.models import wide
+
+    codec = RayServeCodec()
 
     @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
     class WideDigits:
@@ -82,7 +92,7 @@ def _deployment(width: int) -> Any:
             self.model = wide.wide_trained(width)
             self.predict.set_max_batch_size(max_batch_size)
 
-        @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+        @serve.batch(max_batch_size=32, batch_wait_timeout_s=BATCH_WAIT_S)
         async def predict(self, xs: list[np.ndarray]) -> list[list[int]]:
             sizes = [len(x) for x in xs]
             preds = self.model.predict(np.concatenate(xs)).tolist()
@@ -90,54 +100,58 @@ def _deployment(width: int) -> Any:
             return [preds[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
         async def __call__(self, request: Any) -> dict[str, Any]:
-            return {"pred": await self.predict(wide.decode(await request.json()))}
+            return {"pred": await self.predict(codec.decode(await request.json()))}
 
     return WideDigits
 
 
-def serve_batching(serve_url: str, batch_sizes: tuple[int, ...] = (1, 32), width: int = WIDE_WIDTH, concurrency: int = CONCURRENCY, n_requests: int = 192) -> dict[int, dict[str, Any]]:
+def serve_batching(serve_url: str, batch_sizes: tuple[int, ...] = (1, 32), width: int = WIDE_WIDTH, concurrency: int = CONCURRENCY, n_requests: int = 192) -> BatchingSweep:
     """Deploy the wide digit model once per max_batch_size and load each at ``concurrency``.
 
-    Returns ``{max_batch_size: LoadResult.summary()}``; every answer is checked (one class in 0..9
-    per request), so a malformed answer counts as an error. Serve must be running (``start_serve``).
+    Returns a ``measure.batching.BatchingSweep`` (one row per max_batch_size); every answer is
+    checked (one class in 0..9 per request), so a malformed answer counts as an error. Serve must be
+    running (``start_serve``). Shown in 07 §5.
     """
     from ray import serve
 
+    from labkit.apps.wire import RayServeCodec
     from labkit.data import load_digits
-    from labkit.measure import load
+    from labkit.measure import batching
     from labkit.models import wide
     from labkit.services.ray import quiet_logs
 
     x = load_digits().x_test[:64]
     wide.wide_trained(width)  # fit and cache the readout once, before the replicas load it
+    codec = RayServeCodec()
 
     def payload(i: int) -> dict[str, Any]:
-        return wide.encode(x[i % len(x) : i % len(x) + 1])
+        return codec.encode(x[i % len(x)])
 
     def check(resp: Any) -> str | None:
-        pred = resp.json()["pred"]
+        pred = codec.labels(resp.json())
         return None if len(pred) == 1 and pred[0] in range(10) else f"bad answer {pred}"
 
     deployment = _deployment(width)
-    out: dict[int, dict[str, Any]] = {}
-    for mbs in batch_sizes:
-        name = f"wide-b{mbs}"
+
+    @contextlib.contextmanager
+    def deployed(setting: batching.Setting) -> Iterator[batching.Served]:
+        name = f"wide-b{setting.max_batch_size}"
         with quiet_logs():
-            serve.run(deployment.bind(mbs), name=name, route_prefix=f"/{name}")
-        url = f"{serve_url}/{name}"
-        load.closed_loop(url, payload, concurrency=min(concurrency, 8), n_requests=16)  # warm up
-        result = load.closed_loop(url, payload, concurrency=concurrency, n_requests=n_requests, check=check)
-        out[mbs] = result.summary()
-        with quiet_logs():
-            serve.delete(name)
-    return out
+            serve.run(deployment.bind(setting.max_batch_size), name=name, route_prefix=f"/{name}")
+        try:
+            yield batching.Served(f"{serve_url}/{name}", payload, check)
+        finally:
+            with quiet_logs():
+                serve.delete(name)
+
+    settings = [batching.Setting(b, BATCH_WAIT_S * 1e3 if b > 1 else 0.0) for b in batch_sizes]
+    return batching.sweep(settings, [concurrency], deployed, n_requests, warmup=(min(concurrency, 8), 16), progress=False)
 
 
 def model_batching_gain(width: int = WIDE_WIDTH, batch_size: int = CONCURRENCY, repeats: int = 3) -> float:
     """In this process, one thread: time of ``batch_size`` single-digit calls / one call on the batch."""
     from labkit.data import load_digits
     from labkit.measure.timing import measure
-    from labkit.models import wide
     from labkit.runtime.hardware import threads_limited
 
     net = wide.wide_trained(width)
@@ -165,7 +179,7 @@ def run(fast: bool) -> bench.Result:
         bar.update(1)
     bar.close()
     left = cluster.leftover()
-    gain = batching[32]["throughput_per_s"] / max(batching[1]["throughput_per_s"], 1e-9)
+    gain = batching.gain(CONCURRENCY)
     return bench.Result(
         name="ray",
         targets=[
@@ -176,5 +190,5 @@ def run(fast: bool) -> bench.Result:
             bench.Target("Serve batching (32 vs 1) throughput gain at concurrency 32", gain, "×", ">=", 3.0),
             bench.Target("Ray processes left after shutdown", float(len(left)), "", "<=", 0.0),
         ],
-        figures={"overheads": ov, "model_batching_gain": model_gain, "serve_batching": batching, "wide_width": WIDE_WIDTH, "ray_start_s": cluster.started_s, "leftover": left},
+        figures={"overheads": ov, "model_batching_gain": model_gain, "serve_batching": batching.summaries(), "wide_width": WIDE_WIDTH, "ray_start_s": cluster.started_s, "leftover": left},
     )

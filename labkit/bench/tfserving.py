@@ -9,19 +9,24 @@ start-to-first-prediction time and the server's RSS. Used in 10, 14.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from labkit.bench import Result, Target
+
+if TYPE_CHECKING:
+    from labkit.measure.batching import BatchingSweep
 
 __all__ = ["batching_sweep", "grpc_closed_loop", "run"]
 
 
 def _payloads(n: int) -> list[dict[str, Any]]:
+    from labkit.apps.wire import TFServingCodec
     from labkit.data import load_digits
 
-    x = load_digits().x_test.reshape(-1, 64)
-    return [{"instances": [x[i % len(x)].tolist()]} for i in range(n)]
+    x = load_digits().x_test
+    codec = TFServingCodec()
+    return [codec.encode(x[i % len(x)]) for i in range(n)]
 
 
 def batching_sweep(
@@ -33,33 +38,31 @@ def batching_sweep(
     model_base_path: Any = None,
     model_name: str = "digits",
     grpc: bool = False,
-) -> dict[str, Any]:
+) -> BatchingSweep:
     """Closed-loop load at each concurrency against a server without and with batching.
 
-    REST rows go in ``out[mode]["rows"]``; with ``grpc=True`` the same load over gRPC goes in
-    ``out[mode]["grpc_rows"]``.
+    Returns a ``measure.batching.BatchingSweep``: REST rows (transport ``http``) and, with
+    ``grpc=True``, the same load over gRPC (transport ``grpc``); ``servers[label]`` holds each
+    server's start-up time, RSS and the batch sizes it formed (its Prometheus metrics).
+    Shown in 10 §6.
     """
-    from tqdm.auto import tqdm
-
-    from labkit.measure import load
+    from labkit.measure import batching
     from labkit.services import tfserving
 
     payloads = _payloads(n_requests)
-    out: dict[str, Any] = {}
-    for batching in (False, True):
-        name = "batching" if batching else "no batching"
-        with tfserving.start(model_base_path=model_base_path, model_name=model_name, enable_batching=batching, max_batch_size=max_batch_size, batch_timeout_micros=batch_timeout_micros) as tfs:
-            url = tfs.predict_url()
-            load.closed_loop(url, lambda i: payloads[i], concurrency=4, n_requests=20)  # warm-up
-            rows, grpc_rows = [], []
-            for c in tqdm(concurrencies, desc=name, disable=not progress, leave=False):
-                r = load.closed_loop(url, lambda i: payloads[i], concurrency=c, n_requests=n_requests)
-                rows.append({"concurrency": c, **r.summary(), "latencies_s": r.latencies_s()})
-                if grpc and tfs.grpc_target:
-                    g = grpc_closed_loop(tfs.grpc_target, model_name, concurrency=c, n_requests=n_requests)
-                    grpc_rows.append({"concurrency": c, **g.summary(), "latencies_s": g.latencies_s()})
-            out[name] = {"rows": rows, "grpc_rows": grpc_rows, "startup_s": tfs.started_s, "rss_mb": tfs.rss_mb(), "batch_sizes": _batch_sizes(tfs.url)}
-    return out
+
+    @contextlib.contextmanager
+    def serve(setting: batching.Setting) -> Iterator[batching.Served]:
+        with tfserving.start(model_base_path=model_base_path, model_name=model_name, enable_batching=setting.batching, max_batch_size=max_batch_size, batch_timeout_micros=batch_timeout_micros) as tfs:
+            transports = {}
+            if grpc and tfs.grpc_target:
+                target = tfs.grpc_target
+                transports["grpc"] = lambda c, n: grpc_closed_loop(target, model_name, concurrency=c, n_requests=n)
+            info = lambda: {"startup_s": tfs.started_s, "rss_mb": tfs.rss_mb(), "batch_sizes": _batch_sizes(tfs.url)}
+            yield batching.Served(tfs.predict_url(), lambda i: payloads[i], transports=transports, info=info)
+
+    settings = [batching.Setting(1), batching.Setting(max_batch_size, batch_timeout_micros / 1000)]
+    return batching.sweep(settings, concurrencies, serve, n_requests, warmup=(4, 20), progress=progress)
 
 
 def _batch_sizes(url: str) -> dict[int, int]:
@@ -129,23 +132,24 @@ def run(fast: bool = False) -> Result:
     n = 320 if fast else 2000
     wide_dir = savedmodels.export_wide(config.cache_dir("tfserving", "bench"))
     sweep = batching_sweep([32], n, model_base_path=wide_dir, model_name="wide", batch_timeout_micros=BATCH_TIMEOUT_MICROS, grpc=True)
-    off, on = sweep["no batching"]["grpc_rows"][0], sweep["batching"]["grpc_rows"][0]
-    rest_off, rest_on = sweep["no batching"]["rows"][0], sweep["batching"]["rows"][0]
-    gain = on["throughput_per_s"] / off["throughput_per_s"]
+    off, on = sweep.row(1, 32, "grpc"), sweep.row(32, 32, "grpc")
+    rest_off, rest_on = sweep.row(1, 32), sweep.row(32, 32)
+    server = sweep.servers[on.setting.label]
+    gain = on.throughput_per_s / off.throughput_per_s
     model = f"wide MLP {savedmodels.WIDE_SQUARE_LAYERS}×{savedmodels.WIDE_WIDTH}², {savedmodels.WIDE_DTYPE}"
     return Result(
         "tfserving",
         [
             Target(f"gRPC: batching throughput gain at concurrency 32 ({model})", gain, "×", ">=", 3.0),
-            Target("gRPC: throughput without batching", off["throughput_per_s"], "req/s"),
-            Target("gRPC: throughput with batching", on["throughput_per_s"], "req/s"),
-            Target("gRPC: p99 without batching", off.get("p99_ms", float("nan")), "ms"),
-            Target("gRPC: p99 with batching", on.get("p99_ms", float("nan")), "ms"),
-            Target("REST: batching throughput gain at concurrency 32 (JSON; the Python HTTP client on the same 2 cores caps it)", rest_on["throughput_per_s"] / rest_off["throughput_per_s"], "×"),
-            Target("REST: throughput without batching", rest_off["throughput_per_s"], "req/s"),
-            Target("REST: throughput with batching", rest_on["throughput_per_s"], "req/s"),
-            Target("start to first prediction", sweep["batching"]["startup_s"], "s"),
-            Target("server RSS (process tree)", sweep["batching"]["rss_mb"], "MB"),
+            Target("gRPC: throughput without batching", off.throughput_per_s, "req/s"),
+            Target("gRPC: throughput with batching", on.throughput_per_s, "req/s"),
+            Target("gRPC: p99 without batching", off.p99_ms, "ms"),
+            Target("gRPC: p99 with batching", on.p99_ms, "ms"),
+            Target("REST: batching throughput gain at concurrency 32 (JSON; the Python HTTP client on the same 2 cores caps it)", rest_on.throughput_per_s / rest_off.throughput_per_s, "×"),
+            Target("REST: throughput without batching", rest_off.throughput_per_s, "req/s"),
+            Target("REST: throughput with batching", rest_on.throughput_per_s, "req/s"),
+            Target("start to first prediction", server["startup_s"], "s"),
+            Target("server RSS (process tree)", server["rss_mb"], "MB"),
         ],
-        figures={k: {kk: vv for kk, vv in v.items() if not kk.endswith("rows")} | {rows: [{a: b for a, b in r.items() if a != "latencies_s"} for r in v[rows]] for rows in ("rows", "grpc_rows")} for k, v in sweep.items()},
+        figures={"rows": sweep.summaries(), "servers": sweep.servers},
     )

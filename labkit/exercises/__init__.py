@@ -12,7 +12,12 @@ False instead of raising, so the student edition runs top to bottom. A wrong ans
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from types import EllipsisType
+
+    from typing_extensions import TypeIs
 
 __all__ = ["ExerciseFailed", "is_unanswered", "verdict"]
 
@@ -21,7 +26,7 @@ class ExerciseFailed(AssertionError):
     """An exercise answer is wrong; the message says why and gives a hint."""
 
 
-def is_unanswered(answer: Any) -> bool:
+def is_unanswered(answer: object) -> TypeIs[EllipsisType | None]:
     """True for the placeholders a student edition leaves: None and ``...``."""
     return answer is None or answer is Ellipsis
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from labkit.exercises import verdict
+from labkit.exercises import is_unanswered, verdict
 
 __all__ = ["check_best_batch_size", "check_fraction_of_peak", "check_oversubscription_slowdown"]
 
@@ -24,7 +24,7 @@ def check_fraction_of_peak(answer: float | None, sweep: Sequence[Any], peak_gflo
         return verdict("Exercise 1", answer, f"batch size {batch_size} is not in the sweep", hint)
     expected = point.gflops / peak_gflops[threads]
     problem = None
-    if answer is not None and answer is not Ellipsis:
+    if not is_unanswered(answer):
         if not isinstance(answer, (int, float)):
             problem = f"expected a number, got {type(answer).__name__}"
         elif answer > 1.0 and _close(answer / 100, expected):
@@ -39,7 +39,7 @@ def check_oversubscription_slowdown(answer: float | None, throughputs: dict[str,
     names = list(throughputs)
     expected = throughputs[names[1]] / throughputs[names[0]]
     problem = None
-    if answer is not None and answer is not Ellipsis:
+    if not is_unanswered(answer):
         if not isinstance(answer, (int, float)):
             problem = f"expected a number, got {type(answer).__name__}"
         elif _close(float(answer), 1 / expected):
@@ -54,7 +54,7 @@ def check_best_batch_size(fn: Callable[[Sequence[Any], float], int] | None) -> b
     from labkit.bench.baseline import SweepPoint
 
     hint = "filter points with latency_ms <= max_latency_ms, then take the one with the largest throughput_per_s"
-    if fn is None or fn is Ellipsis:
+    if is_unanswered(fn):
         return verdict("Exercise 3", None, None, hint)
     sweep = [SweepPoint(1, 0.5, 2000, 1), SweepPoint(8, 1.0, 8000, 1), SweepPoint(64, 4.0, 16000, 1), SweepPoint(512, 30.0, 17000, 1)]
     cases = [(10.0, 64), (100.0, 512), (1.0, 8), (0.6, 1)]
@@ -63,7 +63,7 @@ def check_best_batch_size(fn: Callable[[Sequence[Any], float], int] | None) -> b
             got = fn(sweep, budget)
         except Exception as exc:  # the student's function raised
             return verdict("Exercise 3", fn, f"your function raised {type(exc).__name__}: {exc} (budget {budget} ms)", hint)
-        if got is None or got is Ellipsis:
+        if is_unanswered(got):
             return verdict("Exercise 3", None, None, hint)
         if got != expected:
             return verdict("Exercise 3", fn, f"with a budget of {budget} ms it returned {got!r}, expected {expected}", hint)

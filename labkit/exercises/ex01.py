@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from labkit.exercises import verdict
+from labkit.exercises import is_unanswered, verdict
 
 __all__ = ["check_bottleneck_replica", "check_bound"]
 
@@ -19,7 +19,7 @@ BOUND_TOLERANCE = 0.02
 def check_bound(bound_per_s: float | None, stage_times_s: dict[str, float]) -> bool:
     """★ The answer must be 1 / (slowest stage's seconds per item), in items per second."""
     hint = "the pipeline can go no faster than its slowest stage: take the largest time per item and invert it"
-    if bound_per_s is None or bound_per_s is Ellipsis:
+    if is_unanswered(bound_per_s):
         return verdict("bound from stage timings", bound_per_s, None, hint)
     expected = 1.0 / max(stage_times_s.values())
     problem = None
@@ -45,7 +45,7 @@ def check_bottleneck_replica(stage: str | None, stage_times_s: dict[str, float],
     can only help while a core is idle, and the message says which case you measured.
     """
     hint = "the bottleneck is the stage with the largest time per item; run pipeline.with_replicas(stages, <that stage>=2)"
-    if stage is None or stage is Ellipsis or after is None or after is Ellipsis:
+    if is_unanswered(stage) or is_unanswered(after):
         return verdict("second replica for the bottleneck", None, None, hint)
     slowest = max(stage_times_s, key=lambda k: stage_times_s[k])
     problem = None

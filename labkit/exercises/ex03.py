@@ -48,9 +48,8 @@ def check_gpt3_gpus(answer: Any, dtype: str = "bfloat16") -> bool:
 
     right = gpus_needed(GPT3_PARAMS, dtype, GPU_GB)
     problem = None
-    if not is_unanswered(answer):
-        if answer != right:
-            problem = f"{answer!r} GPUs is not enough or more than needed for 175B parameters in {dtype}"
+    if not is_unanswered(answer) and answer != right:
+        problem = f"{answer!r} GPUs is not enough or more than needed for 175B parameters in {dtype}"
     return verdict(
         f"GPT-3 GPUs in {dtype}",
         answer,

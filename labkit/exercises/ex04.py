@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from labkit.exercises import verdict
+from labkit.exercises import is_unanswered, verdict
 
 __all__ = ["check_amdahl", "check_shards", "check_static_efficiency"]
 
@@ -24,9 +24,9 @@ def check_amdahl(serial_fraction: float, n_replicas: int, answer: float | None) 
 def check_shards(shards: Callable[[int, int], Any] | None) -> bool:
     """★★ ``shards(n_items, n_replicas)`` returns contiguous (start, stop) pairs covering every item once, sizes within 1."""
     problem = None
-    if shards is not None and shards is not Ellipsis and _returns_nothing(shards):
+    if not is_unanswered(shards) and _returns_nothing(shards):
         shards = None  # a stub whose body is still `...`: not done yet
-    if shards is not None and shards is not Ellipsis:
+    if not is_unanswered(shards):
         for n_items, n_replicas in [(10, 3), (7, 7), (5, 1), (1000, 6), (3, 5)]:
             try:
                 got = [tuple(map(int, r)) for r in shards(n_items, n_replicas)]
@@ -59,7 +59,7 @@ def check_static_efficiency(weights: list[float], answer: float | None) -> bool:
 
 def _returns_nothing(fn: Callable[..., Any]) -> bool:
     try:
-        return fn(10, 3) is None or fn(10, 3) is Ellipsis
+        return is_unanswered(fn(10, 3))
     except Exception:  # judged (and reported) by the full check
         return False
 

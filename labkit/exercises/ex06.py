@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from labkit.exercises import is_unanswered, verdict
+from labkit.measure.load import run_outside_event_loop
 
 __all__ = ["check_idempotent", "check_speedups", "check_wait_for"]
 
@@ -86,26 +87,6 @@ class _FakeResult:
         raise AssertionError("get() blocks the event loop: poll ready() and await asyncio.sleep instead")
 
 
-def _run_in_thread(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` in a fresh thread (Jupyter's own event loop is already running in this one)."""
-    import threading
-
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    t = threading.Thread(target=target, name="ex06-check")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
 def check_wait_for(fn: Callable[[Any, float], Any] | None) -> bool:
     """Exercise 3: ``async def wait_for(result, timeout_s)`` polls without blocking the event loop."""
     hint = "loop: if result.ready(): return result.result; if past the deadline: raise TimeoutError; else await asyncio.sleep(a few ms)"
@@ -127,10 +108,10 @@ def check_wait_for(fn: Callable[[Any, float], Any] | None) -> bool:
                     await asyncio.sleep(0.005)
 
             t = asyncio.create_task(ticker())
-            value = await fn(_FakeResult({"pred": [7]}, 0.15), 2.0)  # type: ignore[misc]
+            value = await fn(_FakeResult({"pred": [7]}, 0.15), 2.0)
             timed_out = False
             try:
-                await fn(_FakeResult(None, 60.0), 0.1)  # type: ignore[misc]
+                await fn(_FakeResult(None, 60.0), 0.1)
             except (TimeoutError, asyncio.TimeoutError):
                 timed_out = True
             stop = True
@@ -138,7 +119,7 @@ def check_wait_for(fn: Callable[[Any, float], Any] | None) -> bool:
             return value, ticks, timed_out
 
         try:
-            value, ticks, timed_out = _run_in_thread(lambda: asyncio.run(asyncio.wait_for(scenario(), 10.0)))
+            value, ticks, timed_out = run_outside_event_loop(lambda: asyncio.run(asyncio.wait_for(scenario(), 10.0)))
         except AssertionError as exc:
             value, ticks, timed_out = None, 0, False
             problem = str(exc)

@@ -34,7 +34,7 @@ def check_streamed_predictions(order: Any, preds: Any, expected: np.ndarray, n_s
     hint = "loop while refs remain: done, refs = ray.wait(refs, num_returns=1); map each done ref back to its shard index"
     problem = None
     if not is_unanswered(order) and not is_unanswered(preds):
-        got_order = [int(i) for i in order] if isinstance(order, Sequence) or isinstance(order, np.ndarray) else None
+        got_order = [int(i) for i in order] if isinstance(order, (Sequence, np.ndarray)) else None
         got = np.asarray(preds)
         if got_order is None or sorted(got_order) != list(range(n_shards)):
             problem = f"order must hold each shard index 0..{n_shards - 1} exactly once, got {order!r}"

@@ -12,7 +12,7 @@ __all__ = ["EXERCISE_PODS", "EXERCISE_TARGET", "check_behavior", "check_desired"
 
 # ★: 4 pods with a 200m CPU request, target 50 %, after the load fell: two ready pods measured,
 # one new pod without metrics yet, one pod measured but not ready.
-EXERCISE_PODS = [
+EXERCISE_PODS: list[dict[str, Any]] = [
     {"request_milli": 200, "usage_milli": 20, "ready": True},
     {"request_milli": 200, "usage_milli": 40, "ready": True},
     {"request_milli": 200, "usage_milli": None, "ready": False},

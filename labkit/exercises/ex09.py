@@ -7,27 +7,32 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from labkit.exercises import verdict
+from labkit.measure.batching import SweepRow
 
 __all__ = ["check_batching_gain", "check_requests_per_model"]
 
 
-def _gain(rows: Sequence[Mapping[str, Any]]) -> float:
-    top = max(r["concurrency"] for r in rows)
-    off = [r["throughput_per_s"] for r in rows if r["batch_size"] == 1 and r["concurrency"] == top]
-    on = [r["throughput_per_s"] for r in rows if r["batch_size"] > 1 and r["concurrency"] == top]
+def _gain(rows: Sequence[SweepRow]) -> float:
+    top = max(r.concurrency for r in rows)
+    off = [r.throughput_per_s for r in rows if r.max_batch_size == 1 and r.concurrency == top]
+    on = [r.throughput_per_s for r in rows if r.max_batch_size > 1 and r.concurrency == top]
     if not off or not on or off[0] <= 0:
         return math.nan
     return max(on) / off[0]
 
 
-def check_batching_gain(answer: Any, rows: Sequence[Mapping[str, Any]]) -> bool:
-    """★ The best batched throughput over unbatched throughput, at the highest concurrency of ``rows``."""
+def check_batching_gain(answer: Any, rows: Sequence[SweepRow]) -> bool:
+    """★ The best batched throughput over unbatched throughput, at the highest concurrency of ``rows``.
+
+    ``rows``: a batching sweep's rows (``measure.batching.SweepRow``: ``max_batch_size``,
+    ``concurrency``, ``throughput_per_s``).
+    """
     want = _gain(rows)
     problem = None
     if not isinstance(answer, (int, float)) or isinstance(answer, bool):
         problem = f"expected a number (a ratio), got {type(answer).__name__}"
     elif math.isnan(want):
-        problem = "the sweep has no batch_size == 1 row and batched row at the same highest concurrency: re-run it"
+        problem = "the sweep has no max_batch_size == 1 row and batched row at the same highest concurrency: re-run it"
     elif not math.isclose(float(answer), want, rel_tol=0.01):
         if math.isclose(float(answer), 1 / want, rel_tol=0.01):
             problem = f"{answer:.2f} is the inverse: divide batched by unbatched throughput"
@@ -37,7 +42,7 @@ def check_batching_gain(answer: Any, rows: Sequence[Mapping[str, Any]]) -> bool:
         "Exercise 1 (batching gain)",
         answer,
         problem,
-        "filter rows by concurrency == max concurrency; best batched throughput_per_s / batch_size == 1 throughput_per_s",
+        "filter rows by r.concurrency == max concurrency; best batched r.throughput_per_s / the r.max_batch_size == 1 one",
         success=f"batching gives {want:.2f}× at the highest concurrency.",
     )
 

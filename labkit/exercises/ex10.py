@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from labkit.exercises import verdict
+from labkit.exercises import is_unanswered, verdict
+
+if TYPE_CHECKING:
+    from labkit.measure.batching import BatchingSweep
 
 __all__ = ["check_batching_gain", "check_columnar_body", "check_labelled_request"]
 
@@ -28,30 +31,31 @@ def check_columnar_body(body: Any, images: np.ndarray) -> bool:
                 problem = f"the pixels have shape {list(arr.shape)}, expected {list(images.shape)}"
             elif not np.allclose(arr, images):
                 problem = "the shape is right but the values are not those images"
-    elif body is not None and body is not Ellipsis:
+    elif not is_unanswered(body):
         problem = f"expected a dict (the JSON body), got {type(body).__name__}"
     return verdict("Exercise 1", body, problem, hint, success="That body works unchanged against the real TF Serving.")
 
 
-def check_batching_gain(answer: float | None, sweep: dict[str, Any]) -> bool:
-    """Exercise 2: throughput with batching ÷ without, at the highest concurrency measured."""
-    off, on = sweep["no batching"]["rows"][-1], sweep["batching"]["rows"][-1]
-    expected = on["throughput_per_s"] / off["throughput_per_s"]
+def check_batching_gain(answer: float | None, sweep: BatchingSweep) -> bool:
+    """Exercise 2: throughput with batching ÷ without, over REST at the highest concurrency measured."""
+    top = max(r.concurrency for r in sweep.rows)
+    off, on = sweep.select(top, "http", batching=False)[0], sweep.select(top, "http", batching=True)[0]
+    expected = on.throughput_per_s / off.throughput_per_s
     problem = None
     if isinstance(answer, (int, float)):
         if abs(answer - 1 / expected) < 0.02 * abs(1 / expected) and abs(expected - 1) > 0.05:
             problem = "that is the inverse: divide the batching throughput by the no-batching one"
         elif abs(answer - expected) > 0.02 * abs(expected):
             problem = f"{answer:.3g} is not the measured gain (about {expected:.3g})"
-    elif answer is not None and answer is not Ellipsis:
+    elif not is_unanswered(answer):
         problem = f"expected a number, got {type(answer).__name__}"
-    return verdict("Exercise 2", answer, problem, "use the last row of each: sweep['batching']['rows'][-1]['throughput_per_s'] and the same for 'no batching'", success=f"Batching changed throughput by {expected:.2f}× at concurrency {on['concurrency']}.")
+    return verdict("Exercise 2", answer, problem, "at the highest concurrency: sweep.row(32).throughput_per_s (max_batch_size 32, REST) over sweep.row(1).throughput_per_s", success=f"Batching changed throughput by {expected:.2f}× at concurrency {on.concurrency}.")
 
 
 def check_labelled_request(request: Any) -> bool:
     """Exercise 3: a gRPC PredictRequest for model "digits", label "stable", 2 images of 64 pixels."""
     hint = 'set request.model_spec.name, request.model_spec.version_label and request.inputs["pixels"].CopyFrom(tf.make_tensor_proto(...))'
-    if request is None or request is Ellipsis:
+    if is_unanswered(request):
         return verdict("Exercise 3", None, None, hint)
     problem = None
     spec = getattr(request, "model_spec", None)

@@ -5,18 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from labkit.exercises import verdict
+from labkit.exercises import is_unanswered, verdict
 
 __all__ = ["check_budget_choice", "check_pareto_front"]
 
 
 def check_pareto_front(front: Any, points: Mapping[str, tuple[float, float]]) -> bool:
     """★ ``front``: the names in ``points`` ({name: (throughput_per_s, p99_ms)}) that no other point dominates."""
-    from labkit.measure.capstone import pareto_front
+    from labkit.measure.report import pareto_front
 
     want = set(pareto_front(points))
     problem = None
-    if front is not None and front is not Ellipsis:
+    if not is_unanswered(front):
         try:
             got = set(front)
         except TypeError:
@@ -45,7 +45,7 @@ def check_budget_choice(choice: Any, loads: Mapping[str, Mapping[Any, Mapping[st
             if s["p99_ms"] <= budget_ms and s["throughput_per_s"] > best_tp:
                 best, best_tp = name, s["throughput_per_s"]
     problem = None
-    if choice is not None and choice is not Ellipsis and choice != best:
+    if not is_unanswered(choice) and choice != best:
         if choice not in loads and choice != "none":
             problem = f"{choice!r} is not one of the measured options {sorted(loads)}"
         else:

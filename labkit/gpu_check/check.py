@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             print("\n".join(wheels.needs()), flush=True)
         except BrokenPipeError:  # `--needs | head`: the reader has what it wanted
-            sys.stdout = open(os.devnull, "w")
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- replaces the closed pipe for the rest of the run
         return 0
     if args.list:
         for s in st.STEPS:

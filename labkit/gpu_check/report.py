@@ -32,7 +32,7 @@ REQUIRED = {
     "steps": list,
     "summary": dict,
 }
-STEP_REQUIRED = {"name": str, "status": str, "reason": (str, type(None)), "budget_s": float, "elapsed_s": float, "figures": list, "lines": list}
+STEP_REQUIRED: dict[str, type | tuple[type, ...]] = {"name": str, "status": str, "reason": (str, type(None)), "budget_s": float, "elapsed_s": float, "figures": list, "lines": list}
 
 
 def _driver() -> str | None:
@@ -130,7 +130,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     title = m["gpus"][0]["name"] if m["gpus"] else "CPU only"
     lines = [f"# labkit gpu-check — {title}, {report['started'][:10]}", ""]
     lines += [f"Command: `{report['command']}` · fast mode · device `{report['device']}`", ""]
-    lines += _machine_rows(m) + ["", report["budget_line"], ""]
+    lines += [*_machine_rows(m), "", report["budget_line"], ""]
     if report.get("budget_scale", 1.0) != 1.0:
         lines += [f"A rehearsal: every budget stretched {report['budget_scale']:g}×.", ""]
     s = report["summary"]

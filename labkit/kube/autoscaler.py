@@ -134,7 +134,7 @@ class Autoscaler:
             prev = self._cpu.get(r.name)
             if used is not None:
                 if prev is not None and t > prev[0]:
-                    cpu[r.name] = PodMetric(int(round(1000 * (used - prev[1]) / (t - prev[0]))), self.emulated(t), (t - prev[0]) * self.time_scale)
+                    cpu[r.name] = PodMetric(round(1000 * (used - prev[1]) / (t - prev[0])), self.emulated(t), (t - prev[0]) * self.time_scale)
                 self._cpu[r.name] = (t, used)
             if want_inflight:
                 counters = scrape_counters(r.url)
@@ -142,7 +142,7 @@ class Autoscaler:
                 if counters is not None and _INFLIGHT_COUNTER in counters:
                     if prev is not None and t > prev[0]:
                         avg = (counters[_INFLIGHT_COUNTER] - prev[1]) / (t - prev[0])
-                        inflight[r.name] = PodMetric(int(round(1000 * max(avg, 0.0))), self.emulated(t), (t - prev[0]) * self.time_scale)
+                        inflight[r.name] = PodMetric(round(1000 * max(avg, 0.0)), self.emulated(t), (t - prev[0]) * self.time_scale)
                     self._inflight[r.name] = (t, counters[_INFLIGHT_COUNTER])
         live = {r.name for r in replicas}
         self._cpu = {k: v for k, v in self._cpu.items() if k in live}

@@ -174,10 +174,10 @@ def emulate(deployment: Deployment, hpa: HPA, profile: Sequence[tuple[float, flo
 
 def payload(n_digits: int = DIGITS_PER_REQUEST, tta: int = TTA, offset: int = 0) -> dict[str, Any]:
     """A /predict body: ``n_digits`` test digits, each classified ``tta`` times (shifted) and averaged."""
+    from labkit.apps.wire import ModelServerCodec
     from labkit.data import load_digits
 
-    x = load_digits().x_test[offset : offset + n_digits]
-    return {"inputs": x.reshape(len(x), 64).round(4).tolist(), "tta": tta}
+    return ModelServerCodec(tta).encode(load_digits().x_test[offset : offset + n_digits])
 
 
 @dataclass(frozen=True)

@@ -1,66 +1,49 @@
-"""The capstone's plumbing: every option measured the same way, then one table, four plots, files.
+"""The capstone's harness: every option deployed, checked, loaded, killed and stopped the same way.
 
 An *option* is a way to serve the digit CNN (in-process, a process pool, Celery, Ray, a
 Deployment, TorchServe, TF Serving). The notebook writes each option's deployment code in view,
-as a function returning a ``Deployed``: how to send one prediction (an HTTP URL + a codec, or a
+as a function returning a ``Deployed``: how to send one prediction (an HTTP URL + a ``wire`` codec, or a
 Python callable), which processes serve it, how to kill one worker, how to stop it. ``run_option``
 then does the same thing to every option::
 
     deployed = deploy()                    # start, timed until the first prediction
     check answers on the same test digits
-    closed loop at each concurrency        # labkit.measure.load.closed_loop, or threads for callables
-    RSS of the serving process tree, CPU seconds per 1,000 requests (psutil)
+    closed loop at each concurrency        # load.closed_loop, or load.closed_loop_threads for callables
+    RSS of the serving process tree, CPU seconds per 1,000 requests (runtime.process.tree_*)
     kill one worker under load → recovery time and requests lost
     stop
 
-``table``, ``plot_all``, ``save`` and ``advice`` turn the results into what notebook 14 shows.
-Used in 14.
+``measure.report`` turns the results into what notebook 14 shows (table, plots, files, advice,
+lines of code); ``measure.recovery`` reads what a kill did to the clients. Used in 14.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from labkit import config
+from labkit.apps import wire
+from labkit.apps.wire import Codec
 from labkit.errors import BadInput, ServiceUnavailable
-from labkit.measure.load import LoadResult, Request
+from labkit.measure import load, recovery
+from labkit.measure.load import LoadResult
 from labkit.measure.timing import now
+from labkit.runtime import process
 
 __all__ = [
     "CODECS",
-    "SEED_TABLE",
-    "Codec",
     "Deployed",
     "OptionResult",
-    "advice",
-    "closed_loop_calls",
-    "count_loc",
-    "deploy_loc",
-    "format_recovery",
-    "kill_descendant",
     "load_target",
     "measure_recovery",
-    "notebook_sources",
-    "pareto_front",
-    "plot_all",
-    "results_dir",
     "run_option",
-    "save",
-    "table",
-    "tree_cpu_s",
-    "tree_pids",
-    "tree_rss_mb",
 ]
 
-DEPLOY_MARKER = "# deploy:"
 RECOVERY_CONCURRENCY = 4
 KILL_AFTER_S = 0.5
 WARMUP_REQUESTS = 16
@@ -69,49 +52,13 @@ WARMUP_CONCURRENCY = 4
 # another worker after the visibility timeout (10 s) and a restore poll: measured 10.0-11.0 s. A task
 # still unanswered at 15 s is counted lost (seen in some CI runs; raising this to 30 s did not save it).
 GATEWAY_TIMEOUT_S = 15.0
-SLOW_FACTOR = 5.0  # a request this many times slower than before the kill was disrupted by it
-
-# The seed's opinion table, verbatim: one row per family of options.
-SEED_TABLE: dict[str, dict[str, str]] = {
-    "In-process": {"Best for": "a baseline: one caller, one model", "Advantages": "nothing to run", "Drawbacks": "one process, no isolation"},
-    "ProcessPoolExecutor": {"Best for": "simple parallel tasks", "Advantages": "easy, built in", "Drawbacks": "single machine"},
-    "Celery": {"Best for": "distributed task queues", "Advantages": "scales, retries", "Drawbacks": "broker to run"},
-    "Kubernetes": {"Best for": "production scaling", "Advantages": "autoscaling, self-healing", "Drawbacks": "complex"},
-    "Ray": {"Best for": "distributed ML", "Advantages": "simple API, scales across a cluster", "Drawbacks": "extra runtime"},
-    "TorchServe": {"Best for": "PyTorch serving", "Advantages": "batching, versioning", "Drawbacks": "archived, Java"},
-    "TF Serving": {"Best for": "TF models", "Advantages": "fast C++, versioning", "Drawbacks": "TF only"},
-}
-# The "In-process" row is not in the seed: it is this lab's baseline.
 
 
 # ---------------------------------------------------------------- how to talk to each server
 
 
-@dataclass(frozen=True)
-class Codec:
-    """How one server wants one digit (``body``) and where its answer's class is (``label``)."""
-
-    name: str
-    body: Callable[[np.ndarray], Any]
-    label: Callable[[Any], int]
-
-
-def _flat(x: np.ndarray) -> list[float]:
-    return [float(v) for v in np.asarray(x, dtype=np.float32).reshape(64).round(4)]
-
-
-CODECS: dict[str, Codec] = {
-    "gateway": Codec("gateway", lambda x: {"images": [_flat(x)], "model": "cnn", "timeout_s": GATEWAY_TIMEOUT_S}, lambda r: int(r["pred"][0])),
-    "ray-serve": Codec("ray-serve", lambda x: {"x": np.asarray(x, dtype=np.float32).reshape(1, 1, 8, 8).tolist()}, lambda r: int(r["pred"][0])),
-    "model-server": Codec("model-server", lambda x: {"inputs": [_flat(x)], "tta": 1}, lambda r: int(r["predictions"][0])),
-    "torchserve": Codec("torchserve", lambda x: {"pixels": np.asarray(x, dtype=np.float32).reshape(8, 8).round(4).tolist()}, lambda r: int(r["label"])),
-    "tfserving": Codec("tfserving", lambda x: {"instances": [_flat(x)]}, lambda r: _tf_label(r["predictions"][0])),
-}
-
-
-def _tf_label(prediction: Any) -> int:
-    """A TF Serving row: ``{"classes": k, "probabilities": [...]}`` (several outputs) or just the probabilities."""
-    return int(prediction["classes"]) if isinstance(prediction, dict) else int(np.argmax(prediction))
+# The gateway's codec waits GATEWAY_TIMEOUT_S for a task; the other servers' codecs are wire's own.
+CODECS: dict[str, Codec] = {**wire.CODECS, "gateway": wire.GatewayCodec(timeout_s=GATEWAY_TIMEOUT_S)}
 
 
 @dataclass
@@ -146,7 +93,7 @@ class Deployed:
         import httpx
 
         codec = CODECS[self.codec]  # type: ignore[index]
-        resp = httpx.post(self.url, json=codec.body(x), timeout=timeout_s)  # type: ignore[arg-type]
+        resp = httpx.post(self.url, json=codec.encode(x), timeout=timeout_s)  # type: ignore[arg-type]
         resp.raise_for_status()
         return codec.label(resp.json())
 
@@ -154,56 +101,14 @@ class Deployed:
 # ---------------------------------------------------------------- load, memory, CPU
 
 
-def closed_loop_calls(fn: Callable[[int], Any], concurrency: int = 8, n_requests: int | None = None, duration_s: float | None = None) -> LoadResult:
-    """``load.closed_loop`` for a Python callable: ``concurrency`` threads each call ``fn(i)`` back to back.
-
-    Records the same ``load.Request`` records (status 200, or the exception as ``error``), so
-    stats, CDFs and tables read callables and HTTP servers alike. Stops after ``n_requests`` or
-    ``duration_s``, whichever comes first.
-    """
-    if n_requests is None and duration_s is None:
-        raise BadInput("give n_requests or duration_s (or both): a load test must stop by itself")
-    if not 1 <= concurrency <= 1024:
-        raise BadInput(f"concurrency must be in 1..1024, got {concurrency}")
-    result = LoadResult(concurrency=concurrency)
-    lock = threading.Lock()
-    counter = iter(range(n_requests if n_requests is not None else 10**9))
-    result.started = now()
-    deadline = result.started + duration_s if duration_s is not None else float("inf")
-
-    def worker(w: int) -> None:
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None or now() >= deadline:
-                return
-            t0 = now()
-            try:
-                fn(i)
-                rec = Request(t0, now() - t0, 200, None, w)
-            except Exception as exc:  # recorded, not raised: a load test counts failures
-                rec = Request(t0, now() - t0, None, f"{type(exc).__name__}: {exc}"[:200], w)
-            with lock:
-                result.requests.append(rec)
-
-    threads = [threading.Thread(target=worker, args=(w,), name=f"labkit-calls-{w}", daemon=True) for w in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    result.elapsed_s = now() - result.started
-    return result
-
-
 def load_target(deployed: Deployed, x: np.ndarray, concurrency: int, n_requests: int | None = None, duration_s: float | None = None) -> LoadResult:
     """Closed-loop load on one option, one digit per request (request i sends ``x[i % len(x)]``)."""
     if deployed.call is not None:
         call = deployed.call
-        return closed_loop_calls(lambda i: call(x[i % len(x)]), concurrency, n_requests, duration_s)
-    from labkit.measure import load
+        return load.closed_loop_threads(lambda i: call(x[i % len(x)]), concurrency, n_requests, duration_s)
 
     codec = CODECS[deployed.codec]  # type: ignore[index]
-    bodies = [codec.body(xi) for xi in x]
+    bodies = [codec.encode(xi) for xi in x]
 
     def check(resp: Any) -> str | None:
         try:
@@ -215,74 +120,8 @@ def load_target(deployed: Deployed, x: np.ndarray, concurrency: int, n_requests:
     return load.closed_loop(deployed.url, lambda i: bodies[i % len(bodies)], concurrency=concurrency, n_requests=n_requests, duration_s=duration_s, check=check)  # type: ignore[arg-type]
 
 
-def tree_pids(roots: Iterable[int]) -> list[int]:
-    """The given pids and all their live descendants, each once."""
-    import psutil
-
-    out: dict[int, None] = {}
-    for pid in roots:
-        try:
-            p = psutil.Process(pid)
-            out[pid] = None
-            for c in p.children(recursive=True):
-                out[c.pid] = None
-        except psutil.NoSuchProcess:
-            continue
-    return list(out)
-
-
-def tree_rss_mb(roots: Iterable[int]) -> float:
-    """Resident memory of ``roots`` and their descendants, in MB (2**20 bytes)."""
-    import psutil
-
-    total = 0
-    for pid in tree_pids(roots):
-        try:
-            total += psutil.Process(pid).memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total / 2**20
-
-
-def tree_cpu_s(roots: Iterable[int]) -> dict[int, float]:
-    """CPU seconds (user + system) used so far by each process of the trees: ``{pid: seconds}``."""
-    import psutil
-
-    out = {}
-    for pid in tree_pids(roots):
-        try:
-            t = psutil.Process(pid).cpu_times()
-            out[pid] = t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
 def _cpu_delta(before: Mapping[int, float], after: Mapping[int, float]) -> float:
     return sum(v - before.get(pid, 0.0) for pid, v in after.items() if v >= before.get(pid, 0.0))
-
-
-def kill_descendant(roots: Iterable[int], *markers: str) -> str:
-    """SIGKILL one process of the trees below ``roots`` whose name or command line contains a marker.
-
-    Markers are tried in order (e.g. a busy Ray worker ``"ray::classify"``, then an idle ``"ray::IDLE"``).
-    """
-    import signal
-
-    import psutil
-
-    pids = [p for p in tree_pids(list(roots)) if p != os.getpid()]
-    for marker in markers:
-        for pid in pids:
-            try:
-                p = psutil.Process(pid)
-                text = p.name() + " " + " ".join(p.cmdline())
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-            if marker in text:
-                os.kill(pid, signal.SIGKILL)
-                return f"{p.name()} (pid {pid})"
-    raise BadInput(f"no process matching {markers} below the given pids")
 
 
 # ---------------------------------------------------------------- recovery after a kill
@@ -295,6 +134,8 @@ def measure_recovery(deployed: Deployed, x: np.ndarray, duration_s: float, concu
     ``SLOW_FACTOR`` × the pre-kill median. ``recovery_s`` = the last disrupted request's end −
     the kill: how long until every client had its answer (or its error); None when no request
     sent after the last failure succeeded (not recovered). ``lost`` = failed requests.
+
+    Shown in 14 (how every option is measured).
     """
     if deployed.kill is None:
         return {"recovery_s": None, "lost": None, "killed": None, "recovered": None, "note": deployed.kill_note or "no worker to kill"}
@@ -311,21 +152,7 @@ def measure_recovery(deployed: Deployed, x: np.ndarray, duration_s: float, concu
         t.join()
         return {"recovery_s": None, "lost": None, "killed": None, "recovered": None, "note": f"not measured: kill failed ({_why(exc)})"}
     t.join()
-    return _recovery_from(box["r"].requests, t_kill) | {"killed": killed, "note": deployed.kill_note}
-
-
-def _recovery_from(requests: Sequence[Request], t_kill: float) -> dict[str, Any]:
-    before = sorted(r.latency_s for r in requests if r.ok and r.start + r.latency_s < t_kill)
-    typical = before[len(before) // 2] if before else 0.0
-    slow = max(SLOW_FACTOR * typical, typical + 0.05)
-    after = [r for r in requests if r.start + r.latency_s >= t_kill]
-    disrupted = [r for r in after if not r.ok or r.start <= t_kill or r.latency_s > slow]
-    lost = sum(1 for r in after if not r.ok)
-    end = max((r.start + r.latency_s for r in disrupted), default=t_kill)
-    last_failed = max((r.start for r in after if not r.ok), default=None)
-    # served again: a request sent after the last failure succeeded (or nothing failed)
-    ok = last_failed is None or any(r.ok and r.start > last_failed for r in after)
-    return {"recovery_s": round(end - t_kill, 3) if ok else None, "lost": lost, "recovered": ok}
+    return recovery.recovery_from(box["r"].requests, t_kill) | {"killed": killed, "note": deployed.kill_note}
 
 
 # ---------------------------------------------------------------- one option, measured
@@ -389,7 +216,6 @@ def run_option(
     """
     from tqdm.auto import tqdm
 
-    from labkit.runtime import process
 
     res = OptionResult(name, family, loc=loc)
     me = os.getpid()
@@ -419,11 +245,11 @@ def run_option(
             acc = float(np.mean(preds == labels[:n_check])) if labels is not None else agree
             if acc < 0.8:
                 raise AssertionError(f"{name}: only {acc:.0%} of {n_check} digits right")
-            res.correct = f"{int(round(acc * n_check))}/{n_check} right (its own model)"
+            res.correct = f"{round(acc * n_check)}/{n_check} right (its own model)"
         if warmup:
             load_target(deployed, x, WARMUP_CONCURRENCY, n_requests=warmup, duration_s=30.0)
-        roots = lambda: [me, *deployed.pids()]  # noqa: E731  (the client kernel + what serves)
-        before = tree_cpu_s(roots())
+        roots: Callable[[], list[int]] = lambda: [me, *deployed.pids()]
+        before = process.tree_cpu_s(roots())
         n_total, rss = 0, []
         counts = [n_requests] * len(concurrencies) if isinstance(n_requests, int) else list(n_requests)
         for c, n in zip(tqdm(concurrencies, desc=name, leave=False), counts):
@@ -434,8 +260,8 @@ def run_option(
             res.latencies_s[c] = r.latencies_s()
             n_total += r.n
             serving = [p for p in deployed.pids()] if not deployed.in_process else [me]
-            rss.append(tree_rss_mb(serving) if serving else 0.0)
-        after = tree_cpu_s(roots())
+            rss.append(process.tree_rss_mb(serving) if serving else 0.0)
+        after = process.tree_cpu_s(roots())
         res.cpu_s_per_1k = round(_cpu_delta(before, after) / n_total * 1000, 3)
         res.rss_mb = round(max(rss), 1)
         if recovery_s:
@@ -454,7 +280,6 @@ def run_option(
 
 def _stop_started_since(before: set[int]) -> None:
     """Stop every process this interpreter started (labkit's registry) that was not running at ``before``."""
-    from labkit.runtime import process
 
     for info in process.started_here():
         if int(info["pid"]) not in before:
@@ -467,207 +292,3 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, ModuleNotFoundError):
         return f"Python package {exc.name!r} is not installed — get it: make lab (or: pip install -e '.[serve]')"
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-
-
-# ---------------------------------------------------------------- lines of code
-
-
-def count_loc(source: str) -> int:
-    """Non-blank lines that are not comments (``#``) and not IPython ``%``/``!`` lines."""
-    n = 0
-    for line in source.splitlines():
-        s = line.strip()
-        if s and not s.startswith(("#", "%", "!")):
-            n += 1
-    return n
-
-
-def deploy_loc(sources: Iterable[str], marker: str = DEPLOY_MARKER) -> dict[str, int]:
-    """Lines a user writes per option: each source whose first line is ``# deploy: NAME`` counts for NAME.
-
-    Pass the notebook's cells (``notebook_sources``); a later cell with the same NAME replaces an
-    earlier one (a re-run).
-    """
-    out: dict[str, int] = {}
-    for src in sources:
-        first = src.lstrip().split("\n", 1)[0].strip()
-        if first.startswith(marker):
-            out[first[len(marker):].strip()] = count_loc(src)
-    return out
-
-
-def notebook_sources(name: str) -> list[str]:
-    """Code cells of notebook ``name`` (the current folder's, else the lab's ``notebooks/``), then this
-    kernel's input history (``In``): so ``deploy_loc`` counts what ran, even cells edited but not saved."""
-    import nbformat
-
-    sources: list[str] = []
-    for folder in (Path.cwd(), Path(__file__).resolve().parents[2] / "notebooks"):
-        if (folder / name).exists():
-            nb = nbformat.read(folder / name, as_version=4)
-            sources = [c.source for c in nb.cells if c.cell_type == "code"]
-            break
-    try:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-        history = shell.user_ns.get("In", []) if shell is not None else []
-    except ImportError:
-        history = []
-    return sources + [s for s in history if s]
-
-
-# ---------------------------------------------------------------- table, plots, files, advice
-
-
-def pareto_front(points: Mapping[str, tuple[float, float]]) -> list[str]:
-    """Names not dominated on (throughput ↑, p99 ↓): no other point is at least as good on both and better on one."""
-    front = []
-    for name, (tp, p99) in points.items():
-        dominated = any((tp2 >= tp and q2 <= p99) and (tp2 > tp or q2 < p99) for n2, (tp2, q2) in points.items() if n2 != name)
-        if not dominated:
-            front.append(name)
-    return sorted(front, key=lambda n: points[n][0])
-
-
-def format_recovery(rec: Mapping[str, Any]) -> str:
-    """The recovery figures as the table shows them: '1.2 s, 0 lost', 'did not recover…', or why not measured."""
-    if rec.get("recovery_s") is not None:
-        return f"{rec['recovery_s']:.1f} s, {rec['lost']} lost"
-    if rec.get("recovered") is False:
-        return "did not recover: requests still failed at the end"
-    return rec.get("note") or "not measured"
-
-
-def table(results: Sequence[OptionResult], concurrencies: Sequence[int] = (1, 8, 32)) -> Any:
-    """One row per option: the seed's opinion columns next to the measured ones (a pandas DataFrame)."""
-    import pandas as pd
-
-    rows = []
-    for r in results:
-        row: dict[str, Any] = {"option": r.name, **SEED_TABLE.get(r.family, {"Best for": "", "Advantages": "", "Drawbacks": ""})}
-        if not r.available:
-            row["status"] = f"not available here: {r.reason}"
-        else:
-            row["status"] = "measured"
-            for c in concurrencies:
-                row[f"req/s @{c}"] = r.loads.get(c, {}).get("throughput_per_s")
-            b = r.best()
-            row["p50 ms"] = b.get("p50_ms")
-            row["p99 ms"] = b.get("p99_ms")
-            row["at conc."] = b.get("concurrency")
-            row["start-up s"] = r.startup_s
-            row["RSS MB"] = r.rss_mb
-            row["CPU s / 1k req"] = r.cpu_s_per_1k
-            row["recovery after kill"] = format_recovery(r.recovery)
-        row["deploy LOC"] = r.loc
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("option")
-
-
-def plot_all(results: Sequence[OptionResult], device: str = "cpu") -> Any:
-    """Four panels: best throughput bars, latency CDFs, throughput vs p99 with the Pareto front, memory bars."""
-    import matplotlib.pyplot as plt
-
-    from labkit import plots
-
-    ok = [r for r in results if r.available and r.loads]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), layout="constrained")
-    plots.bars({r.name: r.best()["throughput_per_s"] for r in ok}, ax=axes[0, 0], ylabel="requests / s", title="Best throughput (any concurrency)", fmt="{:.0f}")
-    top = max(c for r in ok for c in r.loads) if ok else 1
-    plots.latency_cdf({r.name: r.latencies_s.get(top, []) for r in ok}, ax=axes[0, 1], title=f"Latency CDF at concurrency {top}")
-    ax = axes[1, 0]
-    points, served = {}, {}
-    for i, r in enumerate(ok):
-        xs = [r.loads[c]["p99_ms"] for c in sorted(r.loads)]
-        ys = [r.loads[c]["throughput_per_s"] for c in sorted(r.loads)]
-        ax.plot(xs, ys, "o-", color=plt.cm.tab10(i % 10), label=r.name, alpha=0.8)
-        for c, xv, yv in zip(sorted(r.loads), xs, ys):
-            points[f"{r.name} @{c}"] = (yv, xv)
-            if r.http:
-                served[f"{r.name} @{c}"] = (yv, xv)
-    for pts, style, label in ((points, "k--", "Pareto front (all)"), (served, "k:", "Pareto front (HTTP services)")):
-        front = pareto_front(pts)
-        if front:
-            ax.plot([pts[n][1] for n in front], [pts[n][0] for n in front], style, lw=1.2, label=label)
-            ax.scatter([pts[n][1] for n in front], [pts[n][0] for n in front], s=120, facecolors="none", edgecolors="k")
-    ax.set(xscale="log", yscale="log", xlabel="p99 latency (ms, log)", ylabel="requests / s (log)", title="Throughput vs p99 (each point: one concurrency)")
-    ax.legend(fontsize="xx-small", ncols=2, loc="best")
-    ax.grid(alpha=0.3)
-    plots.bars({r.name: r.rss_mb or 0.0 for r in ok}, ax=axes[1, 1], ylabel="MB", title="RSS of the serving process tree", fmt="{:.0f}")
-    for a in (axes[0, 0], axes[1, 1]):
-        a.tick_params(axis="x", labelrotation=30)
-        plt.setp(a.get_xticklabels(), ha="right", rotation_mode="anchor")
-    for a in axes.flat:
-        plots.annotate_device(a, device)
-    absent = [r for r in results if not r.available]
-    if absent:  # an option that could not start is named on the figure, not silently left out
-        fig.supxlabel("not available here: " + "; ".join(f"{r.name} ({r.reason.split(' — ')[0].split('. Get it: ')[0]})" for r in absent), fontsize="small", color="dimgrey", wrap=True)
-    return fig
-
-
-def results_dir() -> Path:
-    """Where the capstone writes its JSON, CSV and PNG: ``<cache dir>/results/capstone``."""
-    return config.cache_dir("results", "capstone")
-
-
-def save(results: Sequence[OptionResult], df: Any, fig: Any = None, folder: str | Path | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Path]:
-    """Write ``capstone.json`` (every figure + the environment), ``capstone.csv`` (the table) and ``capstone.png``."""
-    from labkit import bench
-
-    out = Path(folder) if folder is not None else results_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "capstone.json", "csv": out / "capstone.csv"}
-    payload = {"environment": bench.environment(), "options": [r.to_dict() for r in results], **(extra or {})}
-    paths["json"].write_text(json.dumps(payload, indent=2, default=str))
-    df.to_csv(paths["csv"])
-    if fig is not None:
-        paths["png"] = out / "capstone.png"
-        fig.savefig(paths["png"], dpi=110)
-    return paths
-
-
-def advice(results: Sequence[OptionResult]) -> list[str]:
-    """'Which option when', one sentence per finding, every number taken from ``results``."""
-    ok = [r for r in results if r.available and r.loads]
-    if not ok:
-        return ["No option could be measured on this machine, so there is nothing to compare."]
-    base = next((r for r in ok if r.family == "In-process"), None)
-    fastest = max(ok, key=lambda r: r.best()["throughput_per_s"])
-    lowest = min(ok, key=lambda r: min(v["p99_ms"] for v in r.loads.values()))
-    lean = min((r for r in ok if r.rss_mb), key=lambda r: r.rss_mb or 0.0, default=None)
-    quick = min((r for r in ok if r.startup_s is not None), key=lambda r: r.startup_s or 0.0)
-    slow = max((r for r in ok if r.startup_s is not None), key=lambda r: r.startup_s or 0.0)
-    out = [
-        f"Highest throughput: **{fastest.name}**, {fastest.best()['throughput_per_s']:.0f} requests/s at concurrency {fastest.best()['concurrency']}.",
-        f"Lowest p99 at any concurrency: **{lowest.name}**, {min(v['p99_ms'] for v in lowest.loads.values()):.1f} ms.",
-    ]
-    if base is not None and fastest is not base:
-        ratio = fastest.best()["throughput_per_s"] / base.best()["throughput_per_s"]
-        verdict = "more workers beat one process here." if ratio > 1.2 else "about the same: for a model this small, parallel workers barely pay on this machine."
-        out.append(f"Against the in-process baseline ({base.best()['throughput_per_s']:.0f} requests/s), the fastest option is {ratio:.2f}× — {verdict}")
-    servers = [r for r in ok if r.family not in ("In-process", "ProcessPoolExecutor")]
-    if base is not None and servers:
-        cheapest = min(servers, key=lambda r: r.cpu_s_per_1k or float("inf"))
-        dearest = max(servers, key=lambda r: r.cpu_s_per_1k or 0.0)
-        out.append(f"Per 1,000 requests the in-process model needs {base.cpu_s_per_1k:.2f} CPU s; among the services, **{cheapest.name}** needs "
-                   f"{cheapest.cpu_s_per_1k:.2f} s and **{dearest.name}** {dearest.cpu_s_per_1k:.2f} s: serialization, HTTP, brokers and schedulers cost more than the model.")
-    if lean is not None:
-        heavy = max((r for r in ok if r.rss_mb), key=lambda r: r.rss_mb or 0.0)
-        out.append(f"Memory: **{lean.name}** serves in {lean.rss_mb:.0f} MB, **{heavy.name}** needs {heavy.rss_mb:.0f} MB ({(heavy.rss_mb or 0) / (lean.rss_mb or 1):.0f}×).")
-    out.append(f"Start-up to the first prediction ranges from {quick.startup_s:.2f} s (**{quick.name}**) to {slow.startup_s:.1f} s (**{slow.name}**): "
-               "what a cold start or a new replica costs.")
-    healed = [r for r in ok if r.recovery.get("recovery_s") is not None]
-    broken = [r for r in ok if r.recovery.get("recovered") is False]
-    if healed:
-        best = min(healed, key=lambda r: r.recovery["recovery_s"])
-        worst = max(healed, key=lambda r: r.recovery["recovery_s"])
-        out.append(f"After a worker was killed, **{best.name}** was back to normal {best.recovery['recovery_s']:.1f} s later ({best.recovery['lost']} request(s) lost), "
-                   f"**{worst.name}** after {worst.recovery['recovery_s']:.1f} s ({worst.recovery['lost']} lost)"
-                   + (f"; {', '.join(r.name for r in broken)} did not recover by itself." if broken else "."))
-    with_loc = [r for r in ok if r.loc]
-    if with_loc:
-        few = min(with_loc, key=lambda r: r.loc or 0)
-        many = max(with_loc, key=lambda r: r.loc or 0)
-        out.append(f"Deployment code written in this notebook: {few.loc} lines for **{few.name}**, {many.loc} for **{many.name}**.")
-    return out

@@ -1,4 +1,9 @@
-"""A bounded async HTTP load generator (httpx): closed loop at a concurrency, open loop at a rate.
+"""The one bounded load generator: closed loop at a concurrency, open loop at a rate.
+
+HTTP goes through httpx (``closed_loop``, ``open_loop``, ``ramp``); any async client, a gRPC stub
+say, through ``closed_loop_calls``; a plain Python callable through ``closed_loop_threads``
+(threads, for in-process models and process pools). All record the same ``Request``s, so stats,
+CDFs and tables read every kind alike; calls that are not HTTP record no status.
 
 Loads only target loopback addresses (127.0.0.0/8, localhost, [::1]) and always stop by
 themselves: after ``n_requests`` or ``duration_s``, whichever comes first. Every request is
@@ -17,14 +22,15 @@ import ipaddress
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from labkit.errors import BadInput
 from labkit.measure.timing import LatencyStats, latency_stats, now
 
-__all__ = ["LoadResult", "Request", "closed_loop", "closed_loop_calls", "open_loop", "ramp"]
+__all__ = ["LoadResult", "Request", "closed_loop", "closed_loop_calls", "closed_loop_threads", "open_loop", "ramp", "run_outside_event_loop"]
 
+T = TypeVar("T")
 MAX_REQUESTS = 100_000
 MAX_DURATION_S = 600.0
 DEFAULT_TIMEOUT_S = 30.0
@@ -115,6 +121,16 @@ def _check_target(url: str) -> None:
     raise BadInput(f"load tests only target this machine (127.0.0.1, localhost, [::1]); refusing {host!r}")
 
 
+def _check_concurrency(concurrency: int) -> None:
+    if not 1 <= concurrency <= 1024:
+        raise BadInput(f"concurrency must be in 1..1024, got {concurrency}")
+
+
+def _failed(t0: float, exc: BaseException, worker: int) -> Request:
+    """A call that raised: recorded (type and message), never re-raised — a load test counts failures."""
+    return Request(t0, now() - t0, None, f"{type(exc).__name__}: {exc}"[:200], worker)
+
+
 def _check_bounds(n_requests: int | None, duration_s: float | None) -> None:
     if n_requests is None and duration_s is None:
         raise BadInput("give n_requests or duration_s (or both): a load test must stop by itself")
@@ -136,21 +152,25 @@ async def _one(client: Any, method: str, url: str, payload: Payload, i: int, wor
         if check is not None and 200 <= resp.status_code < 300:
             err = check(resp)
         return Request(t0, now() - t0, resp.status_code, err if err else (None if resp.status_code < 400 else resp.text[:200]), worker)
-    except Exception as exc:  # timeouts, refused connections: recorded, not raised
-        return Request(t0, now() - t0, None, f"{type(exc).__name__}: {exc}"[:200], worker)
+    except Exception as exc:  # timeouts, refused connections
+        return _failed(t0, exc, worker)
 
 
-def _run(coro_factory: Callable[[], Any]) -> LoadResult:
-    """Run an async load to completion, also from inside a running event loop (Jupyter)."""
+def run_outside_event_loop(fn: Callable[[], T]) -> T:
+    """Return ``fn()``; called from a thread that runs an event loop (Jupyter's), in a fresh thread.
+
+    So ``fn`` may call ``asyncio.run``. An exception it raises is raised here, in the caller's thread.
+    Used by every load here and by the async exercise checks of 06.
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro_factory())
+        return fn()
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["result"] = asyncio.run(coro_factory())
+            box["value"] = fn()
         except BaseException as exc:  # re-raised in the caller's thread
             box["error"] = exc
 
@@ -159,7 +179,13 @@ def _run(coro_factory: Callable[[], Any]) -> LoadResult:
     t.join()
     if "error" in box:
         raise box["error"]
-    return box["result"]  # type: ignore[no-any-return]
+    value: T = box["value"]
+    return value
+
+
+def _run(coro_factory: Callable[[], Any]) -> LoadResult:
+    """Run an async load to completion, also from inside a running event loop (Jupyter)."""
+    return run_outside_event_loop(lambda: asyncio.run(coro_factory()))
 
 
 def closed_loop(
@@ -211,11 +237,54 @@ def closed_loop_calls(
         t0 = now()
         try:
             err = await call(i)
-        except Exception as exc:  # recorded, not raised
-            err = f"{type(exc).__name__}: {exc}"[:200]
+        except Exception as exc:
+            return _failed(t0, exc, worker)
         return Request(t0, now() - t0, None, err, worker)
 
     return _closed_loop(client, send, concurrency, n_requests, duration_s)
+
+
+def closed_loop_threads(
+    fn: Callable[[int], Any],
+    concurrency: int = 8,
+    n_requests: int | None = None,
+    duration_s: float | None = None,
+) -> LoadResult:
+    """``closed_loop`` for a Python callable: ``concurrency`` threads each call ``fn(i)`` back to back.
+
+    A call that returns is a success (no status: it is not HTTP); one that raises is recorded as
+    an error. Stops after ``n_requests`` or ``duration_s``, whichever comes first. Used in 14.
+    """
+    _check_bounds(n_requests, duration_s)
+    _check_concurrency(concurrency)
+    result = LoadResult(concurrency=concurrency)
+    lock = threading.Lock()
+    counter = iter(range(n_requests if n_requests is not None else MAX_REQUESTS))
+    result.started = now()
+    deadline = result.started + duration_s if duration_s is not None else float("inf")
+
+    def worker(w: int) -> None:
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None or now() >= deadline:
+                return
+            t0 = now()
+            try:
+                fn(i)
+                rec = Request(t0, now() - t0, None, None, w)
+            except Exception as exc:
+                rec = _failed(t0, exc, w)
+            with lock:
+                result.requests.append(rec)
+
+    threads = [threading.Thread(target=worker, args=(w,), name=f"labkit-calls-{w}", daemon=True) for w in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result.elapsed_s = now() - result.started
+    return result
 
 
 def _closed_loop(
@@ -227,8 +296,7 @@ def _closed_loop(
 ) -> LoadResult:
     """``concurrency`` workers share one client (an async context manager); each awaits ``send(client, i, worker)``."""
     _check_bounds(n_requests, duration_s)
-    if not 1 <= concurrency <= 1024:
-        raise BadInput(f"concurrency must be in 1..1024, got {concurrency}")
+    _check_concurrency(concurrency)
 
     async def main() -> LoadResult:
         result = LoadResult(concurrency=concurrency)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from labkit.errors import BadInput
+from labkit.models import store
 from labkit.runtime import cache
 
 __all__ = [
@@ -41,7 +42,10 @@ Arch = Literal["cnn", "mlp"]
 
 
 class DigitCNN(nn.Module):
-    """A small CNN for 8×8 digits: two 3×3 convs, a 2×2 max-pool, two linear layers."""
+    """A small CNN for 8×8 digits: two 3×3 convs, a 2×2 max-pool, two linear layers.
+
+    Shown in 00 §3.
+    """
 
     def __init__(self, channels: int = 16, hidden: int = 64) -> None:
         super().__init__()
@@ -117,14 +121,11 @@ def build(config: TrainConfig) -> nn.Module:
 
 def train(config: TrainConfig = TrainConfig(), progress: bool = True) -> nn.Module:
     """Train a digit model on the train split, deterministically, with a tqdm progress bar."""
-    from tqdm.auto import tqdm
-
     from labkit.data import load_digits
 
     digits = load_digits()
     x = torch.from_numpy(np.array(digits.x_train))
     y = torch.from_numpy(np.array(digits.y_train))
-    gen = torch.Generator().manual_seed(config.seed)
     if config.bootstrap_seed is not None:
         rng = np.random.default_rng(config.bootstrap_seed)
         idx = torch.from_numpy(rng.integers(0, len(x), size=len(x)))
@@ -136,22 +137,13 @@ def train(config: TrainConfig = TrainConfig(), progress: bool = True) -> nn.Modu
         weights = torch.tensor(config.sample_weights, dtype=torch.float32)
         weights = weights / weights.sum() * len(weights)
     model = build(config)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     loss_fn = nn.CrossEntropyLoss(reduction="none")
-    model.train()
-    bar = tqdm(range(config.epochs), desc=f"train {config.arch}", disable=not progress, leave=False)
-    for _ in bar:
-        order = torch.randperm(len(x), generator=gen)
-        for start in range(0, len(x), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            losses = loss_fn(model(x[batch]), y[batch])
-            loss = (losses * weights[batch]).mean() if weights is not None else losses.mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    model.eval()
-    return model
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        losses = loss_fn(model(x[batch]), y[batch])
+        return (losses * weights[batch]).mean() if weights is not None else losses.mean()
+
+    return store.fit(model, len(x), batch_loss, config.epochs, config.batch_size, config.lr, config.seed, f"train {config.arch}", progress)
 
 
 def _path(config: TrainConfig) -> Path:
@@ -165,22 +157,7 @@ def trained(config: TrainConfig = TrainConfig(), progress: bool = True) -> nn.Mo
     >>> accuracy(model, "test") > 0.9
     True
     """
-    path = _path(config)
-
-    def load(p: Path) -> nn.Module:
-        model = build(config)
-        model.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
-        return model.eval()
-
-    def make(p: Path) -> nn.Module:
-        model = train(config, progress=progress)
-        tmp = p.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(p)
-        return model
-
-    model, _ = cache.load_or_build(path, load, make)
-    return model
+    return store.load_or_train(_path(config), lambda: build(config), lambda: train(config, progress=progress))
 
 
 def is_cached(config: TrainConfig) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from labkit import config
+from labkit.models import wide
 from labkit.runtime import cache
 
 __all__ = ["CODE_VERSION", "KerasConfig", "export_savedmodel", "export_versions", "export_wide", "silence_tensorflow"]
@@ -118,8 +119,8 @@ def export_versions(base: str | Path | None = None, model_name: str = "digits", 
     return model_dir
 
 
-WIDE_WIDTH = 8192
-WIDE_DTYPE = "bfloat16"  # the wide layers' weights and arithmetic, as large models are served
+WIDE_WIDTH = wide.WIDTH  # one definition of the timing model's size: labkit.models.wide
+WIDE_DTYPE = wide.DTYPE_NAME  # the wide layers' weights and arithmetic, as large models are served
 WIDE_SQUARE_LAYERS = 2  # width × width layers (128 MB each at 8192 in bfloat16)
 
 

@@ -28,14 +28,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.errors import BadInput
+from labkit.models import store
 from labkit.runtime import cache
 
 __all__ = [
+    "CODE_VERSION",
+    "MLP",
     "Attention",
     "Block",
-    "CODE_VERSION",
     "GPTConfig",
-    "MLP",
     "TinyGPT",
     "Vocab",
     "build",
@@ -127,6 +128,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(d_model, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Causal self-attention over ``x`` (batch, time, dim). Shown in 03 (tensor parallelism)."""
         b, t, _ = x.shape
         # -1 heads: the full model has n_heads here, a tensor-parallel rank has n_heads / world_size
         q, k, v = (lin(x).view(b, t, -1, self.head_dim).transpose(1, 2) for lin in (self.q, self.k, self.v))
@@ -223,20 +225,7 @@ def _path(cfg: GPTConfig) -> Path:
 def trained(cfg: GPTConfig = GPTConfig(), progress: bool = True) -> TinyGPT:
     """Return a trained TinyGPT: from the disk cache, or trained now (seconds) and cached."""
 
-    def load(p: Path) -> TinyGPT:
-        model = build(cfg)
-        model.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
-        return model.eval()
-
-    def make(p: Path) -> TinyGPT:
-        model = train(cfg, progress=progress)
-        tmp = p.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(p)
-        return model
-
-    model, _ = cache.load_or_build(_path(cfg), load, make)
-    return model
+    return store.load_or_train(_path(cfg), lambda: build(cfg), lambda: train(cfg, progress=progress))
 
 
 def is_cached(cfg: GPTConfig = GPTConfig()) -> bool:

@@ -15,7 +15,6 @@ Used in 01.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from labkit.errors import BadInput
+from labkit.models import store
 from labkit.runtime import cache
 
 __all__ = [
@@ -126,22 +126,7 @@ def heatmap_targets(scenes: Any, sigma: float = 0.8) -> np.ndarray:
 
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: VisionConfig, loss_fn: nn.Module, desc: str, progress: bool) -> nn.Module:
-    from tqdm.auto import tqdm
-
-    gen = torch.Generator().manual_seed(config.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    model.train()
-    bar = tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False)
-    for _ in bar:
-        order = torch.randperm(len(x), generator=gen)
-        for start in range(0, len(x), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            loss = loss_fn(model(x[batch]), y[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-    return model.eval()
+    return store.fit(model, len(x), lambda batch: loss_fn(model(x[batch]), y[batch]), config.epochs, config.batch_size, config.lr, config.seed, desc, progress, loss_digits=4)
 
 
 def _training_scenes(config: VisionConfig) -> Any:
@@ -152,21 +137,7 @@ def _training_scenes(config: VisionConfig) -> Any:
 
 def _cached(name: str, config: VisionConfig, build: Any, make: Any) -> nn.Module:
     path = cache.cached_path("models", name, asdict(config), f"{CODE_VERSION}-torch{torch.__version__}")
-
-    def load(p: Path) -> nn.Module:
-        model = build()
-        model.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
-        return model.eval()
-
-    def save(p: Path) -> nn.Module:
-        model = make()
-        tmp = p.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(p)
-        return model
-
-    model, _ = cache.load_or_build(path, load, save)
-    return model
+    return store.load_or_train(path, build, make)
 
 
 def trained_denoiser(config: VisionConfig = VisionConfig(channels=DENOISER_CHANNELS), progress: bool = True) -> Denoiser:
@@ -183,7 +154,7 @@ def trained_denoiser(config: VisionConfig = VisionConfig(channels=DENOISER_CHANN
         with torch.random.fork_rng():
             return _train(build(), x, y, config, nn.MSELoss(), "train denoiser", progress)
 
-    return _cached("denoiser", config, build, make)  # type: ignore[return-value]
+    return _cached("denoiser", config, build, make)
 
 
 def trained_detector(config: VisionConfig = VisionConfig(epochs=10), progress: bool = True) -> Detector:
@@ -203,7 +174,7 @@ def trained_detector(config: VisionConfig = VisionConfig(epochs=10), progress: b
         with torch.random.fork_rng():
             return _train(build(), x, y, config, loss, "train detector", progress)
 
-    return _cached("detector", config, build, make)  # type: ignore[return-value]
+    return _cached("detector", config, build, make)
 
 
 def find_boxes(logits: torch.Tensor, threshold: float = PEAK_THRESHOLD) -> list[np.ndarray]:
@@ -249,7 +220,10 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
     iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
     inter = ix * iy
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+
+    def area(x: np.ndarray) -> np.ndarray:
+        return (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+
     union = area(a)[:, None] + area(b)[None, :] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 

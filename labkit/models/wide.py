@@ -1,4 +1,4 @@
-"""Model plumbing for the Ray notebook: a wide digit model whose cost per call is mostly fixed.
+"""The wide bfloat16 timing model that the serving lessons batch: one definition for every server.
 
 The digit CNN is so small that one request costs ~0.1 ms of model time: Serve's own per-request
 work dominates and batching requests barely helps. Batching pays when one call's cost is mostly
@@ -13,7 +13,10 @@ them once too and runs on the CPU's bf16 matrix units, so per request it is many
     model = wide.wide_trained(width=4096)
     preds = model.predict(x)                       # x: (N, 1, 8, 8) float32
 
-Also: ``encode``/``decode`` for JSON request bodies. Used in 07 and ``labkit bench ray``.
+The same network serves everywhere: Ray Serve runs ``WideDigitNet`` (07, ``labkit bench ray``);
+TorchServe archives it as a ``digit_nets.DigitMLP`` (``wide_mlp()``: 09, ``labkit bench
+torchserve``); the Keras twin behind TF Serving (``savedmodels.export_wide``, 10) takes ``WIDTH``
+and ``DTYPE_NAME`` from here. Request bodies: ``labkit.apps.wire`` (the ``ray-serve`` codec).
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ import numpy as np
 
 from labkit.runtime import cache
 
-__all__ = ["WideDigitNet", "decode", "encode", "wide_trained"]
+__all__ = ["DTYPE_NAME", "WIDTH", "WideDigitNet", "wide_mlp", "wide_trained"]
 
 CODE_VERSION = "wide-2-bf16"
 N_FIT = 600  # training examples used to fit the readout (closed form, seconds)
 RIDGE = 1e-2
 DTYPE_NAME = "bfloat16"  # storage and compute type of the two wide layers (the readout is fp32)
+WIDTH = 8192  # the benchmarks' width: a width × width layer is 128 MB in bfloat16
 
 
 @dataclass
@@ -69,7 +73,7 @@ class WideDigitNet:
         return sum(w.numel() * w.element_size() for w in (self.w1, self.w2, self.wo)) / 2**20
 
 
-def wide_trained(width: int = 4096, seed: int = 0) -> WideDigitNet:
+def wide_trained(width: int = WIDTH, seed: int = 0) -> WideDigitNet:
     """Return a ``WideDigitNet``; its readout is fitted once and cached on disk (weights regrow from ``seed``)."""
     import torch
 
@@ -98,11 +102,22 @@ def wide_trained(width: int = 4096, seed: int = 0) -> WideDigitNet:
     return net
 
 
-def encode(x: np.ndarray) -> dict[str, Any]:
-    """A JSON body for a batch of digits: ``{"x": nested lists}`` (exact: float32 survives JSON)."""
-    return {"x": np.asarray(x, dtype=np.float32).tolist()}
+def wide_mlp(width: int = WIDTH, seed: int = 0) -> Any:
+    """``WideDigitNet`` as a ``digit_nets.DigitMLP`` (64 → width → width → 10), all in bfloat16.
 
+    The archive TorchServe's handler can rebuild: the same seeded wide layers (zero biases) and the
+    same fitted readout, stored and run in bfloat16 like the wide layers. Used as the timing model of
+    09 and ``labkit bench torchserve``; its answers are not checked there.
+    """
+    import torch
 
-def decode(body: dict[str, Any]) -> np.ndarray:
-    """The digits of a JSON body as a float32 array shaped (N, 1, 8, 8)."""
-    return np.asarray(body["x"], dtype=np.float32).reshape(-1, 1, 8, 8)
+    from labkit.models import digit_nets
+
+    net = wide_trained(width, seed)
+    mlp = digit_nets.DigitMLP(hidden=(width, width))
+    linears = [m for m in mlp.net if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        for layer, weight in zip(linears, (net.w1.float(), net.w2.float(), net.wo)):
+            layer.weight.copy_(weight.T)
+            layer.bias.zero_()
+    return mlp.to(getattr(torch, DTYPE_NAME)).eval()

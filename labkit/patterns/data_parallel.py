@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import numpy as np
 
 from labkit.errors import BadInput, WorkerFailed
 from labkit.measure.timing import Span, Timeline, now
+from labkit.runtime.process import die_with_parent
 
 __all__ = [
     "DataParallelRun",
@@ -41,7 +41,9 @@ __all__ = [
     "amdahl_speedup",
     "chunk_ranges",
     "make_dataset",
+    "rank_main",
     "reference_logits",
+    "replica_main",
     "run_distributed",
     "serial_fraction",
     "shard_ranges",
@@ -52,7 +54,6 @@ NOISE = 0.05
 START_TIMEOUT_S = 180.0
 RUN_TIMEOUT_S = 300.0
 POLL_S = 0.2
-_PR_SET_PDEATHSIG = 1
 
 
 # ---------------------------------------------------------------- data, shards and chunks
@@ -133,15 +134,6 @@ def reference_logits(n_items: int, seed: int = 0, config: Any = None, batch_size
 # ---------------------------------------------------------------- replica processes
 
 
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not Linux: stop() and atexit still clean up
-        pass
-
-
 def _infer(model: Any, x: Any, start: int, stop: int, device: str) -> np.ndarray:
     """Logits of ``x[start:stop]`` (a CPU tensor, pinned when ``device`` is a GPU) in batches on ``device``."""
     import torch
@@ -155,9 +147,12 @@ def _infer(model: Any, x: Any, start: int, stop: int, device: str) -> np.ndarray
     return logits.numpy()
 
 
-def _replica_main(rank: int, config: Any, base: np.ndarray, n_items: int, seed: int, n_threads: int, device: str, inbox: Any, work: Any, outbox: Any) -> None:
-    """A replica: load the model once, then serve commands from ``inbox`` until told to stop."""
-    _die_with_parent()
+def replica_main(rank: int, config: Any, base: np.ndarray, n_items: int, seed: int, n_threads: int, device: str, inbox: Any, work: Any, outbox: Any) -> None:
+    """A replica: load the model once, then serve commands from ``inbox`` until told to stop.
+
+    Shown in 04 §2.
+    """
+    die_with_parent()
     name = f"replica-{rank}"
     try:
         import torch
@@ -255,7 +250,7 @@ class ReplicaPool:
         self.info: dict[int, dict[str, Any]] = {}
         t0 = now()
         self._procs = [
-            ctx.Process(target=_replica_main, args=(r, self.config, load_digits().x_test, n_items, seed, n_threads, self.devices[r], self._inboxes[r], self._work, self._outbox), name=f"replica-{r}", daemon=True)
+            ctx.Process(target=replica_main, args=(r, self.config, load_digits().x_test, n_items, seed, n_threads, self.devices[r], self._inboxes[r], self._work, self._outbox), name=f"replica-{r}", daemon=True)
             for r in range(n_replicas)
         ]
         for p in self._procs:
@@ -382,8 +377,11 @@ class ReplicaPool:
 # ---------------------------------------------------------------- torch.distributed
 
 
-def _rank_main(rank: int, world: int, port: int, backend: str, config: Any, base: np.ndarray, n_items: int, seed: int, fail_rank: int, results: Any) -> None:
-    """One rank: broadcast weights from rank 0, scatter equal shards, infer, gather to rank 0."""
+def rank_main(rank: int, world: int, port: int, backend: str, config: Any, base: np.ndarray, n_items: int, seed: int, fail_rank: int, results: Any) -> None:
+    """One rank: broadcast weights from rank 0, scatter equal shards, infer, gather to rank 0.
+
+    Shown in 04 §6.
+    """
     from datetime import timedelta
 
     import torch
@@ -392,7 +390,7 @@ def _rank_main(rank: int, world: int, port: int, backend: str, config: Any, base
     from labkit.models import digit_nets
     from labkit.runtime import hardware
 
-    _die_with_parent()
+    die_with_parent()
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     device = f"cuda:{rank}" if backend == "nccl" else "cpu"
@@ -431,7 +429,7 @@ def _rank_main(rank: int, world: int, port: int, backend: str, config: Any, base
         spans: list[Any] = [None] * world
         dist.all_gather_object(spans, tl.to_dicts())
         if rank == 0:
-            logits = torch.cat(gathered).cpu().numpy()[:n_items]  # type: ignore[arg-type]
+            logits = torch.cat(gathered).cpu().numpy()[:n_items]
             results.put({"logits": logits, "hashes": hashes, "spans": [s for per in spans for s in per]})
     except Exception as exc:
         # report first, so the caller can name the rank that failed first (its peers then fail
@@ -461,7 +459,7 @@ def run_distributed(n_ranks: int = 2, n_items: int = 20_000, backend: str = "glo
     digit_nets.trained(config, progress=False)
     results = tmp.get_context("spawn").SimpleQueue()
     t0 = now()
-    ctx = tmp.start_processes(_rank_main, args=(n_ranks, free_port(), backend, config, load_digits().x_test, n_items, seed, fail_rank, results), nprocs=n_ranks, join=False, start_method="spawn")
+    ctx = tmp.start_processes(rank_main, args=(n_ranks, free_port(), backend, config, load_digits().x_test, n_items, seed, fail_rank, results), nprocs=n_ranks, join=False, start_method="spawn")
     deadline = now() + timeout_s
     res: dict[str, Any] | None = None
     errors: list[dict[str, Any]] = []

@@ -19,11 +19,9 @@ highest mean probability over all members wins; if that also ties, the lowest cl
 from __future__ import annotations
 
 import math
-import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +29,8 @@ import numpy as np
 
 from labkit.errors import BadInput, WorkerFailed
 from labkit.measure.timing import Span, Timeline, now
+from labkit.runtime.environ import patch_environment
+from labkit.runtime.process import die_with_parent
 
 if TYPE_CHECKING:
     from torch import nn
@@ -47,6 +47,7 @@ __all__ = [
     "combine",
     "compare_runners",
     "corrupt",
+    "init_worker",
     "load_members",
     "majority_vote",
     "member_name",
@@ -55,8 +56,10 @@ __all__ = [
     "samme",
     "soft_average",
     "softmax",
+    "vote",
     "vote_weights",
     "weighted_vote",
+    "worker_run",
 ]
 
 RULES = ("soft", "vote", "weighted")
@@ -149,7 +152,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=-1, keepdims=True)
 
 
-def _check(logits: np.ndarray, weights: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray]:
+def _check(logits: np.ndarray, weights: Sequence[float] | np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     arr = np.asarray(logits, dtype=np.float64)
     if arr.ndim != 3:
         raise BadInput(f"logits must be shaped (n_members, n, n_classes), got {arr.shape}")
@@ -166,7 +169,11 @@ def soft_average(logits: np.ndarray, weights: Sequence[float] | None = None) -> 
     return probs.argmax(axis=1)
 
 
-def _vote(arr: np.ndarray, w: np.ndarray) -> np.ndarray:
+def vote(arr: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Each member votes for its top class with weight ``w[i]``; ties go to the highest mean probability.
+
+    Shown in 02 §2.
+    """
     votes = np.zeros(arr.shape[1:])
     for member_logits, weight in zip(arr, w):
         votes[np.arange(arr.shape[1]), member_logits.argmax(axis=1)] += weight
@@ -180,16 +187,16 @@ def _vote(arr: np.ndarray, w: np.ndarray) -> np.ndarray:
 def majority_vote(logits: np.ndarray) -> np.ndarray:
     """Each member votes for its top class; most votes wins (ties: highest mean probability, then lowest class)."""
     arr, w = _check(logits, None)
-    return _vote(arr, w)
+    return vote(arr, w)
 
 
-def weighted_vote(logits: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+def weighted_vote(logits: np.ndarray, weights: Sequence[float] | np.ndarray) -> np.ndarray:
     """Like ``majority_vote`` but member i's vote counts ``weights[i]`` (same tie rule)."""
     arr, w = _check(logits, weights)
-    return _vote(arr, w)
+    return vote(arr, w)
 
 
-def combine(logits: np.ndarray, rule: str = "soft", weights: Sequence[float] | None = None) -> np.ndarray:
+def combine(logits: np.ndarray, rule: str = "soft", weights: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
     """Apply a combining rule by name: ``soft``, ``vote`` or ``weighted`` (which needs ``weights``)."""
     if rule == "soft":
         return soft_average(logits)
@@ -202,7 +209,7 @@ def combine(logits: np.ndarray, rule: str = "soft", weights: Sequence[float] | N
     raise BadInput(f"unknown combining rule {rule!r}; use one of {', '.join(RULES)}")
 
 
-def vote_weights(accuracies: Sequence[float], n_classes: int = N_CLASSES) -> np.ndarray:
+def vote_weights(accuracies: Sequence[float] | np.ndarray, n_classes: int = N_CLASSES) -> np.ndarray:
     """SAMME-style vote weights from accuracies: ``log(acc / (1 - acc)) + log(K - 1)``."""
     acc = np.clip(np.asarray(accuracies, dtype=np.float64), 1e-6, 1 - 1e-6)
     return np.log(acc / (1 - acc)) + math.log(n_classes - 1)
@@ -288,23 +295,16 @@ def run_threads(members: Sequence[nn.Module], x: np.ndarray, n_workers: int = 2,
         return np.stack(list(pool.map(one, range(len(members)))))
 
 
-# Worker-process state: set once by _init_worker, read by every call (spawned processes import this module).
+# Worker-process state: set once by init_worker, read by every call (spawned processes import this module).
 _WORKER: dict[str, Any] = {}
 
 
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-        import signal
+def init_worker(configs: Sequence[TrainConfig], member_ids: Sequence[int], n_threads: int) -> None:
+    """Initializer of a worker process: 1 torch thread, load its members once (from the disk cache).
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux
-        pass
-
-
-def _init_worker(configs: Sequence[TrainConfig], member_ids: Sequence[int], n_threads: int) -> None:
-    """Initializer of a worker process: 1 torch thread, load its members once (from the disk cache)."""
-    _die_with_parent()
+    Shown in 02 §4.
+    """
+    die_with_parent()
     import torch
 
     torch.set_num_threads(n_threads)
@@ -323,29 +323,17 @@ def _worker_ready() -> dict[str, Any]:
     return _usage()
 
 
-def _worker_run(x: np.ndarray, member_ids: Sequence[int], worker: str) -> dict[str, Any]:
-    """Run this worker's members on ``x``; return logits, spans, and the process's pid, RSS and CPU time."""
+def worker_run(x: np.ndarray, member_ids: Sequence[int], worker: str) -> dict[str, Any]:
+    """Run this worker's members on ``x``; return logits, spans, and the process's pid, RSS and CPU time.
+
+    Shown in 02 §4.
+    """
     outs, spans = {}, []
     for i in member_ids:
         start = now()
         outs[i] = _logits(_WORKER["members"][i], x)
         spans.append({"worker": worker, "stage": f"member {i}", "start": start, "end": now(), "item": i})
     return {"logits": outs, "spans": spans, **_usage()}
-
-
-@contextmanager
-def _child_threads_env(n: int) -> Iterator[None]:
-    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    before = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: str(n) for k in keys})
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @dataclass
@@ -388,10 +376,10 @@ class MemberPool:
         load_members(self.configs, progress=False)
         ctx = mp.get_context("spawn")
         t0 = now()
-        with _child_threads_env(self.threads_per_worker):
+        with patch_environment(OMP_NUM_THREADS=self.threads_per_worker, MKL_NUM_THREADS=self.threads_per_worker):
             for k in range(self.n_workers):
                 ids = list(range(k, len(self.configs), self.n_workers))
-                ex = ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker, initargs=([self.configs[i] for i in ids], ids, self.threads_per_worker))
+                ex = ProcessPoolExecutor(1, mp_context=ctx, initializer=init_worker, initargs=([self.configs[i] for i in ids], ids, self.threads_per_worker))
                 self._executors.append(ex)
                 self.stats.append(WorkerStats(f"proc-{k}", 0, ids))
             try:
@@ -413,7 +401,7 @@ class MemberPool:
         for s, ex in zip(self.stats, self._executors):
             mine = [i for i in s.members if i in wanted]
             if mine:
-                futures.append((s, ex.submit(_worker_run, xs, mine, s.worker)))
+                futures.append((s, ex.submit(worker_run, xs, mine, s.worker)))
         outs: dict[int, np.ndarray] = {}
         for s, fut in futures:
             try:

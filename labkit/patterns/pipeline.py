@@ -33,6 +33,7 @@ from typing import Any
 
 from labkit.errors import BadInput, WorkerFailed
 from labkit.measure.timing import LatencyStats, Timeline, latency_stats, now
+from labkit.runtime.process import die_with_parent
 
 __all__ = [
     "QUEUE_DEPTH",
@@ -49,6 +50,7 @@ __all__ = [
     "run_sequential",
     "run_threads",
     "scene_stages",
+    "thread_worker",
     "to_batches",
     "with_replicas",
 ]
@@ -154,7 +156,10 @@ def build_denoise() -> Callable[[Any], Any]:
 
 
 def build_detect() -> Callable[[Any], Any]:
-    """Stage 2: load the detector; the function returns (images, one (k, 4) box array per image)."""
+    """Stage 2: load the detector; the function returns (images, one (k, 4) box array per image).
+
+    Shown in 01 §1.
+    """
     import torch
 
     from labkit.models import vision
@@ -341,10 +346,14 @@ def _apply(fn: Callable[[Any], Any], seq: int, payload: Any, sent: float, worker
         return fn(payload)
 
 
-def _thread_worker(
+def thread_worker(
     worker: str, stage: str, fn: Callable[[Any], Any], qin: Any, qout: Any, n_next: int, countdown: _Countdown,
     stop: threading.Event, timeline: Timeline, hops: list[float], errors: list[tuple[str, str, BaseException]],
 ) -> None:
+    """One worker thread of ``run_threads``: take an item, run ``fn``, pass it on; the last one out passes END.
+
+    Shown in 01 §3 (what one worker thread of the pipeline does).
+    """
     try:
         while True:
             env = _get(qin, stop)
@@ -359,7 +368,7 @@ def _thread_worker(
             result = _apply(fn, seq, payload, sent, worker, stage, timeline, hops)
             if not _put(qout, (seq, result, now()), stop):
                 return
-    except BaseException as exc:  # noqa: BLE001 — handed to the caller as WorkerFailed
+    except BaseException as exc:
         errors.append((worker, stage, exc))
         stop.set()
 
@@ -464,7 +473,7 @@ def run_threads(stages: Sequence[Stage], items: Sequence[Any], queue_depth: int 
                 except Exception as exc:
                     raise WorkerFailed(f"stage {stage.name!r} ({worker}, while loading)", exc) from exc
                 args = (worker, stage.name, fn, qs[k], qs[k + 1], n_next, countdown, stop, timeline, hops[hop_names[k]], errors)
-                threads.append(threading.Thread(target=_thread_worker, args=args, name=f"{THREAD_PREFIX}-{worker}", daemon=True))
+                threads.append(threading.Thread(target=thread_worker, args=args, name=f"{THREAD_PREFIX}-{worker}", daemon=True))
         n_warm, warm = _warmups(stages, warmup), threading.Event()
         feeder = threading.Thread(target=_feed, args=(items, qs[0], stages[0].replicas, stop, entered, n_warm, warm), name=f"{THREAD_PREFIX}-source", daemon=True)
         threads.append(feeder)
@@ -477,22 +486,12 @@ def run_threads(stages: Sequence[Stage], items: Sequence[Any], queue_depth: int 
             if t.is_alive() or t.ident is not None:
                 t.join(JOIN_TIMEOUT_S)
     if errors:
-        worker, stage_name, exc = errors[0]
-        raise WorkerFailed(f"stage {stage_name!r} ({worker})", exc) from exc
+        worker, stage_name, error = errors[0]
+        raise WorkerFailed(f"stage {stage_name!r} ({worker})", error) from error
     return _finish("threads", items, done, entered, timeline, hops)
 
 
 # ---------------------------------------------------------------- processes
-
-
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: daemonic children still end with a clean parent
-        pass
 
 
 def _process_worker(
@@ -500,7 +499,7 @@ def _process_worker(
     live: Any, report: Any, stop: Any, torch_threads: int,
 ) -> None:
     """Body of one spawned stage replica (importable, so ``spawn`` can start it)."""
-    _die_with_parent()
+    die_with_parent()
     import torch
 
     torch.set_num_threads(torch_threads)
@@ -529,7 +528,7 @@ def _process_worker(
         # Tensors sent downstream live in this process's shared memory until they are read:
         # stay alive until the parent has every result and says stop.
         stop.wait()
-    except BaseException as exc:  # noqa: BLE001 — sent to the parent, raised there as WorkerFailed
+    except BaseException as exc:
         if not stop.is_set():  # after a stop, errors are echoes of the first failure (lost shared tensors)
             report.put(("error", worker, (stage, f"{type(exc).__name__}: {exc}", traceback.format_exc())))
             stop.set()

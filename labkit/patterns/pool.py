@@ -70,10 +70,14 @@ MODEL_NAMES = ("cnn", "mlp")  # the models ``init_worker`` can load
 
 
 def init_worker(model_names: Sequence[str] = MODEL_NAMES, n_threads: int = 1, n_items: int = 0, seed: int = 0, base: np.ndarray | None = None, ready: Any = None) -> None:
-    """Pool initializer: set torch threads, load each model once, build the dataset; report to ``ready``."""
-    from labkit.patterns.data_parallel import _die_with_parent, make_dataset
+    """Pool initializer: set torch threads, load each model once, build the dataset; report to ``ready``.
 
-    _die_with_parent()
+    Shown in 05 §3.
+    """
+    from labkit.patterns.data_parallel import make_dataset
+    from labkit.runtime.process import die_with_parent
+
+    die_with_parent()
     t0 = now()
     import torch
 
@@ -193,6 +197,8 @@ def start_pool(n_workers: int = 2, model_names: Sequence[str] = MODEL_NAMES, n_t
 
         ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"),
                             initializer=init_worker, initargs=(model_names, n_threads, ...))
+
+    Shown in 05 §5.
     """
     import multiprocessing as mp
     import queue
@@ -221,7 +227,7 @@ def start_pool(n_workers: int = 2, model_names: Sequence[str] = MODEL_NAMES, n_t
             except queue.Empty:
                 broken = [f for f in probes if f.done() and f.exception() is not None]
                 if broken:
-                    raise WorkerFailed("pool start", broken[0].exception())  # type: ignore[arg-type]
+                    raise WorkerFailed("pool start", broken[0].exception()) from None  # type: ignore[arg-type]
                 if now() - t0 > timeout_s:
                     raise WorkerFailed("pool start", f"{len(workers)} of {n_workers} workers ready after {timeout_s:.0f} s") from None
     except BaseException:
@@ -264,7 +270,10 @@ class ResilientPool:
         return self._pool
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any]) -> list[Any]:
-        """Run ``fn(*args)`` for each tuple of arguments; return results in input order, none lost."""
+        """Run ``fn(*args)`` for each tuple of arguments; return results in input order, none lost.
+
+        Shown in 05 §9.
+        """
         calls = list(zip(*iterables))
         results: list[Any] = [None] * len(calls)
         done = [False] * len(calls)

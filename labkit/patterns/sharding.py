@@ -15,12 +15,8 @@ because spawned processes must import them. Used in 03.
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
 import shutil
-import signal
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +30,8 @@ from torch import nn
 from labkit.errors import BadInput, WorkerFailed
 from labkit.measure import timing
 from labkit.models.tinygpt import GPTConfig, TinyGPT, generate, param_bytes, vocab
+from labkit.runtime.environ import patch_environment
+from labkit.runtime.process import die_with_parent
 
 __all__ = [
     "COLLECTIVE_TIMEOUT_S",
@@ -47,12 +45,12 @@ __all__ = [
     "gpipe_ideal_speedup",
     "intra_op_seconds",
     "live_ranks",
+    "pipeline_parallel",
     "pp_worker",
     "run_ranks",
     "shard_tinygpt",
     "split_stages",
     "tensor_parallel",
-    "pipeline_parallel",
     "tp_plan",
     "tp_worker",
 ]
@@ -60,7 +58,6 @@ __all__ = [
 MASTER_ADDR = "127.0.0.1"
 RANK_TIMEOUT_S = 180.0  # a whole run_ranks call, start-up included
 COLLECTIVE_TIMEOUT_S = 60.0  # one collective waiting for a peer
-_PR_SET_PDEATHSIG = 1
 _spawned: set[int] = set()  # pids of every rank started here, for live_ranks()
 
 
@@ -74,19 +71,11 @@ def backend_for(world_size: int) -> str:
     return "nccl" if hardware.gpu_count() >= world_size else "gloo"
 
 
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except OSError:
-            pass
-
-
 def _rank_main(rank: int, worker: Callable[..., Any], world_size: int, backend: str, out_dir: str, args: tuple[Any, ...]) -> None:
     """What every spawned rank runs: join the group, run ``worker``, save its result, leave the group."""
     import torch.distributed as dist
 
-    _die_with_parent()
+    die_with_parent()
     torch.set_num_threads(1)
     device = torch.device(f"cuda:{rank}") if backend == "nccl" else torch.device("cpu")
     if device.type == "cuda":
@@ -145,11 +134,10 @@ def run_ranks(
     backend = backend or backend_for(world_size)
     out_dir = tempfile.mkdtemp(prefix="labkit-ranks-")
     env = {"MASTER_ADDR": MASTER_ADDR, "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # spawned children copy the environment when they start
     ctx = None
     try:
-        ctx = mp.start_processes(_rank_main, args=(worker, world_size, backend, out_dir, tuple(args)), nprocs=world_size, join=False, start_method="spawn")
+        with patch_environment(**env):  # spawned children copy the environment when they start
+            ctx = mp.start_processes(_rank_main, args=(worker, world_size, backend, out_dir, tuple(args)), nprocs=world_size, join=False, start_method="spawn")
         _spawned.update(p.pid for p in ctx.processes if p.pid is not None)
         deadline = timing.now() + timeout_s
         try:
@@ -173,11 +161,6 @@ def run_ranks(
                     p.kill()
             for p in ctx.processes:
                 p.join(timeout=5.0)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
@@ -196,7 +179,10 @@ def live_ranks() -> list[int]:
 
 
 def crash_worker(rank: int, world_size: int, device: torch.device, crash_rank: int = 1) -> None:
-    """Raise on ``crash_rank``; every other rank waits in a barrier that would never finish alone."""
+    """Raise on ``crash_rank``; every other rank waits in a barrier that would never finish alone.
+
+    Shown in 03 (when a rank crashes).
+    """
     import torch.distributed as dist
 
     if rank == crash_rank:
@@ -244,6 +230,8 @@ def tp_plan() -> dict[str, Any]:
     A column-sharded linear keeps a slice of the output features (here: a subset of the heads,
     half of the MLP hidden units); the row-sharded linear after it consumes exactly that slice and
     produces partial sums, which one all-reduce adds up. Two all-reduces per block, no other traffic.
+
+    Shown in 03 (tensor parallelism).
     """
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
@@ -258,7 +246,10 @@ def tp_plan() -> dict[str, Any]:
 
 
 def shard_tinygpt(model: TinyGPT, mesh: Any) -> TinyGPT:
-    """Apply ``tp_plan()`` to every block of ``model`` on a 1-D device mesh (embeddings, norms, head stay replicated)."""
+    """Apply ``tp_plan()`` to every block of ``model`` on a 1-D device mesh (embeddings, norms, head stay replicated).
+
+    Shown in 03 (tensor parallelism).
+    """
     from torch.distributed.tensor.parallel import parallelize_module
 
     n = mesh.size()
@@ -281,7 +272,10 @@ def tp_worker(
     repeats: int,
     x_timed: torch.Tensor,
 ) -> dict[str, Any]:
-    """One tensor-parallel rank: shard TinyGPT, run logits + greedy generation, time forward and all-reduces."""
+    """One tensor-parallel rank: shard TinyGPT, run logits + greedy generation, time forward and all-reduces.
+
+    Shown in 03 (tensor parallelism).
+    """
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -416,7 +410,10 @@ class _Stage(nn.Module):
 
 
 def split_stages(model: TinyGPT, n_stages: int) -> list[nn.Module]:
-    """Cut TinyGPT into ``n_stages`` consecutive stages with (as nearly as possible) equal numbers of blocks."""
+    """Cut TinyGPT into ``n_stages`` consecutive stages with (as nearly as possible) equal numbers of blocks.
+
+    Shown in 03 (pipeline parallelism).
+    """
     n = model.cfg.n_layers
     if not 1 <= n_stages <= n:
         raise BadInput(f"{n_stages} stages need between 1 and n_layers={n} stages")

@@ -1,7 +1,8 @@
 """The machine and the processes labkit runs on it.
 
-hardware (device, threads, peak GFLOP/s), process (managed subprocesses that die with their
-parent, the pid registry), cache (files that survive between runs).
+hardware (device, threads, peak GFLOP/s), process (managed subprocesses, ``die_with_parent``,
+the pid registry, process-tree RSS/CPU, ``assert_nothing_left``), environ (``patch_environment``:
+set variables for a block, then restore), cache (files that survive between runs).
 """
 
 from __future__ import annotations

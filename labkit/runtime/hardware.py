@@ -75,7 +75,9 @@ def device(name: str | None = None) -> torch.device:
     """
     import torch
 
-    wanted = (name or os.environ.get("LABKIT_DEVICE") or "auto").strip().lower()
+    from labkit import config
+
+    wanted = (name or config.device_name()).strip().lower()
     if wanted == "auto":
         if gpu_count():
             return torch.device("cuda")
@@ -120,18 +122,15 @@ def threads_limited(n: int) -> Iterator[None]:
     """Run a block with ``n`` torch threads, then restore the previous count."""
     import torch
 
+    from labkit.runtime.environ import patch_environment
+
     before = torch.get_num_threads()
-    env_before = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    set_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-        for k, v in env_before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with patch_environment(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n):
+        set_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 def keep_freed_memory(threshold_mb: int = 32, keep_mb: int = 1024) -> bool:

@@ -1,14 +1,20 @@
 """Managed subprocesses: free ports, readiness, logs, pid files, and no orphans.
 
-A child started here gets ``PR_SET_PDEATHSIG`` (Linux): when the process that started it dies,
-even by SIGKILL (a kernel restart), the child gets SIGTERM. It runs in its own process group so
+A child started here gets ``PR_SET_PDEATHSIG`` (Linux) through ``die_with_parent()``: when the
+process that started it dies, even by SIGKILL (a kernel restart), the child gets SIGTERM. Spawned
+workers (patterns/*) call ``die_with_parent()`` first thing, for the same guarantee. It runs in its own process group so
 ``stop()`` reaches its own children too. Each child is recorded in a pid file (pid + create time)
 under the cache dir; ``stop_all()`` stops those still running, by pid, never by name.
 
     with process.start("redis", ["redis-server", "--port", str(port)], ready=ping) as proc:
         ...
 
-Used by every module in labkit.services (notebooks 06–14).
+Process-tree figures (``tree_pids``, ``tree_rss_mb``, ``tree_cpu_s``, ``kill_descendant``) and
+``assert_nothing_left`` (the clean-up check at the end of a notebook and after each test) live
+here too.
+
+Used by every module in labkit.services (notebooks 06–14); ``assert_nothing_left`` is shown in
+the clean-up cell of 06, 07, 09 and 14.
 """
 
 from __future__ import annotations
@@ -23,33 +29,48 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from labkit import config
 from labkit.errors import BadInput, ServiceUnavailable
 
 __all__ = [
+    "DEATH_SIGNAL",
     "Handle",
     "ManagedProcess",
+    "alive",
+    "assert_nothing_left",
+    "die_with_parent",
+    "end_processes",
     "free_port",
     "free_ports",
+    "kill_descendant",
     "running",
     "start",
     "started_here",
     "stop_all",
     "stop_pid",
+    "tree_cpu_s",
+    "tree_pids",
+    "tree_rss_mb",
     "wait_until",
 ]
 
+H = TypeVar("H", bound="Handle")
 STOP_TIMEOUT_S = 10.0
 READY_INTERVAL_S = 0.05
 LOG_TAIL_LINES = 40
 _PR_SET_PDEATHSIG = 1
+# What an orphaned child gets when its parent dies. SIGTERM, not SIGKILL: its default action ends a
+# plain Python worker (a spawned rank, a pool worker) just as surely — also one blocked in a
+# collective or a queue read — while a child that handles it (uvicorn, Celery, Redis, TorchServe's
+# launcher, Ray) can still stop its own children on the way out; SIGKILL would orphan those.
+DEATH_SIGNAL = signal.SIGTERM
 _SIGTERM = signal.SIGTERM  # the class below has a method named signal
-_live: "set[ManagedProcess]" = set()
+_live: set[ManagedProcess] = set()
 _live_lock = threading.Lock()
 
 
@@ -74,12 +95,19 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent(sig: int = DEATH_SIGNAL) -> bool:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    Call it first thing in a spawned worker, or between fork and exec (``start`` does). Returns
+    False where it is not available (not Linux): atexit handlers and ``stop_all`` still clean up.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not Linux: atexit and stop_all still clean up
-        pass
+        return int(libc.prctl(_PR_SET_PDEATHSIG, int(sig))) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def wait_until(check: Callable[[], Any], timeout_s: float, what: str, interval_s: float = READY_INTERVAL_S, proc: ManagedProcess | None = None) -> Any:
@@ -165,15 +193,7 @@ class ManagedProcess:
 
     def rss_mb(self) -> float:
         """Resident memory of the whole process tree, in MB."""
-        import psutil
-
-        total = 0
-        for p in self.tree():
-            try:
-                total += p.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
-        return total / 2**20
+        return tree_rss_mb([self.pid])
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the main process only (e.g. SIGKILL for a fault-injection demo)."""
@@ -194,19 +214,7 @@ class ManagedProcess:
                 pass
         _, alive = psutil.wait_procs(procs[:1], timeout=timeout_s)
         # descendants that outlived their parent's shutdown get the same treatment
-        rest = [p for p in procs[1:] if p.is_running()] + alive
-        for p in rest:
-            try:
-                p.send_signal(sig)
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(rest, timeout=min(timeout_s, 3.0))
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=3.0)
+        end_processes([p for p in procs[1:] if p.is_running()] + alive, sig, timeout_s=min(timeout_s, 3.0))
         try:
             self.popen.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
@@ -246,7 +254,7 @@ def start(
         raise BadInput("cmd must name an executable")
     log_path = config.cache_dir("logs") / f"{name}-{int(time.time() * 1000)}.log"
     full_env = {**os.environ, **(env or {})}
-    log = open(log_path, "wb")
+    log = open(log_path, "wb")  # noqa: SIM115  (the child writes to it; closed here once Popen has its copy)
     try:
         popen = subprocess.Popen(
             list(cmd),
@@ -255,7 +263,7 @@ def start(
             stderr=subprocess.STDOUT,
             env=full_env,
             cwd=str(cwd) if cwd else None,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
             start_new_session=True,
         )
     except FileNotFoundError as exc:
@@ -307,18 +315,31 @@ def stop_pid(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> bool:
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return False
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    end_processes(procs, signal.SIGTERM, timeout_s)
+    return True
+
+
+def end_processes(procs: Sequence[Any], sig: int | None = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """Send ``sig`` to each psutil process (None: send nothing, just wait), wait ``timeout_s``, SIGKILL the rest.
+
+    Returns once every one of them is gone (or 3 s after the SIGKILL). Only for processes labkit
+    started: the pid registry, a handle's tree, a cluster's recorded pids.
+    """
+    import psutil
+
+    if sig is not None:
+        for p in procs:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+    _, alive = psutil.wait_procs(list(procs), timeout=timeout_s)
     for p in alive:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    return True
+    psutil.wait_procs(alive, timeout=3.0)
 
 
 def stop_all(timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
@@ -377,7 +398,7 @@ class Handle:
         for p in reversed(self.extra):
             p.stop()
 
-    def __enter__(self) -> Handle:
+    def __enter__(self: H) -> H:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -386,3 +407,116 @@ class Handle:
     def __repr__(self) -> str:
         where = "external" if self.external else f"pid {self.pid}"
         return f"<{type(self).__name__} {self.name} {self.url} ({where})>"
+
+
+# ---------------------------------------------------------------- process trees
+
+
+def tree_pids(roots: Iterable[int]) -> list[int]:
+    """The given pids and all their live descendants, each once."""
+    import psutil
+
+    out: dict[int, None] = {}
+    for pid in roots:
+        try:
+            p = psutil.Process(pid)
+            out[pid] = None
+            for c in p.children(recursive=True):
+                out[c.pid] = None
+        except psutil.NoSuchProcess:
+            continue
+    return list(out)
+
+
+def tree_rss_mb(roots: Iterable[int]) -> float:
+    """Resident memory of ``roots`` and their descendants, in MB (2**20 bytes). Used in 14."""
+    import psutil
+
+    total = 0
+    for pid in tree_pids(roots):
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20
+
+
+def tree_cpu_s(roots: Iterable[int]) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each process of the trees: ``{pid: seconds}``."""
+    import psutil
+
+    out = {}
+    for pid in tree_pids(roots):
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[pid] = t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def kill_descendant(roots: Iterable[int], *markers: str) -> str:
+    """SIGKILL one process of the trees below ``roots`` whose name or command line contains a marker.
+
+    Markers are tried in order (e.g. a busy Ray worker ``"ray::classify"``, then an idle
+    ``"ray::IDLE"``); this interpreter is never chosen. Shown in 14 (killing a worker under load).
+    """
+    import psutil
+
+    pids = [p for p in tree_pids(list(roots)) if p != os.getpid()]
+    for marker in markers:
+        for pid in pids:
+            try:
+                p = psutil.Process(pid)
+                text = p.name() + " " + " ".join(p.cmdline())
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            if marker in text:
+                os.kill(pid, signal.SIGKILL)
+                return f"{p.name()} (pid {pid})"
+    raise BadInput(f"no process matching {markers} below the given pids")
+
+
+# ---------------------------------------------------------------- the clean-up check
+
+
+def alive(pids: Iterable[int]) -> list[int]:
+    """Those of ``pids`` that are still running (a zombie, dead but not yet reaped, is not)."""
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def assert_nothing_left(
+    pids: Iterable[int] = (),
+    extra: Callable[[], Sequence[str]] | None = None,
+    before: Iterable[int] = (),
+    quiet: bool = False,
+) -> list[str]:
+    """Fail (AssertionError) if anything this interpreter started is still running; else say so.
+
+    Checks labkit's pid registry (``started_here()``, less the pids in ``before``), the given
+    ``pids`` (workers of a pool, a server's process tree) and, when given, ``extra()``: descriptions
+    of what else is alive (e.g. a Ray cluster's ``leftover``). Prints ``nothing left running: …``
+    naming what was checked, unless ``quiet``; returns those names. Shown in the clean-up cell of
+    00, 03–07, 09 and 14; tests/conftest.py checks every test with it.
+    """
+    skip = set(before)
+    pids = list(pids)
+    left = [f"{i['name']} (pid {i['pid']})" for i in started_here() if i["pid"] not in skip]
+    left += [f"pid {pid}" for pid in alive(pids) if pid not in skip and pid != os.getpid()]
+    if extra is not None:
+        left += list(extra())
+    if left:
+        raise AssertionError(f"still running after clean-up: {', '.join(left)}")
+    checked = ["labkit's pid registry"] + ([f"{len(pids)} given process(es)"] if pids else []) + (["the extra check"] if extra is not None else [])
+    if not quiet:
+        print(f"nothing left running: {', '.join(checked)} checked")
+    return checked

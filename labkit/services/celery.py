@@ -23,6 +23,7 @@ from typing import Any
 
 from labkit import config
 from labkit.errors import BadInput, ServiceUnavailable
+from labkit.measure.timing import now
 from labkit.runtime import process
 
 __all__ = ["WorkerHandle", "ping", "resolve_urls", "start", "start_workers", "stop_workers"]
@@ -116,7 +117,7 @@ def start_workers(
     broker, backend = resolve_urls(broker_url, backend_url)
     if app == DEFAULT_APP:
         _prepare_models()
-    t0 = _now()
+    t0 = now()
     handles = []
     try:
         for i in range(n):
@@ -135,7 +136,7 @@ def start_workers(
             h.stop()
         raise
     for h in handles:
-        h.started_s = _now() - t0
+        h.started_s = now() - t0
     return handles
 
 
@@ -144,14 +145,14 @@ def start(name: str = "w1", broker_url: str | None = None, backend_url: str | No
     broker, backend = resolve_urls(broker_url, backend_url)
     if app == DEFAULT_APP:
         _prepare_models()
-    t0 = _now()
+    t0 = now()
     h = _launch(name, broker, backend, queues, pool, concurrency, app)
     try:
         _wait(lambda: h.nodename in ping(broker, [h.nodename], timeout_s=0.5), timeout_s, f"celery worker {h.nodename}", h.process)
     except BaseException:
         h.stop()
         raise
-    h.started_s = _now() - t0
+    h.started_s = now() - t0
     return h
 
 
@@ -182,9 +183,3 @@ def _prepare_models() -> None:
 
 def _wait(check: Any, timeout_s: float, what: str, proc: Any = None) -> None:
     process.wait_until(check, timeout_s, what, interval_s=0.2, proc=proc)
-
-
-def _now() -> float:
-    from labkit.measure.timing import now
-
-    return now()

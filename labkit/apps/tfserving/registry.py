@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BatchStats", "BatchingParameters", "ModelRegistry", "NotFound", "InvalidArgument", "Servable", "VersionPolicy"]
+__all__ = ["BatchStats", "BatchingParameters", "InvalidArgument", "ModelRegistry", "NotFound", "Servable", "VersionPolicy"]
 
 
 class NotFound(Exception):
