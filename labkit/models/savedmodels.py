@@ -16,7 +16,7 @@ from labkit import config
 from labkit.models import wide
 from labkit.runtime import cache
 
-__all__ = ["CODE_VERSION", "KerasConfig", "export_savedmodel", "export_versions", "export_wide", "silence_tensorflow"]
+__all__ = ["CODE_VERSION", "KerasConfig", "export_savedmodel", "export_versions", "export_wide", "silence_tensorflow", "write_savedmodel"]
 
 CODE_VERSION = "tfmodels-1"
 INPUT_NAME = "pixels"
@@ -61,9 +61,9 @@ def _train(cfg: KerasConfig):  # type: ignore[no-untyped-def]
     return model
 
 
-def _write_savedmodel(model, path: Path) -> None:  # type: ignore[no-untyped-def]
+def write_savedmodel(model, path: Path) -> None:  # type: ignore[no-untyped-def]
     """Export with a serving_default signature: input ``pixels`` (n, 64), outputs
-    ``probabilities`` (n, 10) and ``classes`` (n,)."""
+    ``probabilities`` (n, 10) and ``classes`` (n,). Shown in 10."""
     import keras
     import tensorflow as tf
 
@@ -90,7 +90,7 @@ def export_savedmodel(cfg: KerasConfig, target: Path) -> Path:
         shutil.rmtree(p, ignore_errors=True)
         tmp = p.with_name(p.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        _write_savedmodel(_train(cfg), tmp)
+        write_savedmodel(_train(cfg), tmp)
         tmp.rename(p)
         return p
 
@@ -147,7 +147,7 @@ def export_wide(base: str | Path | None = None, model_name: str = "wide", width:
         outputs = keras.layers.Dense(10, activation="softmax", name=OUTPUT_NAME)(h)
         tmp = cached.with_name(cached.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        _write_savedmodel(keras.Model(inputs, outputs), tmp)
+        write_savedmodel(keras.Model(inputs, outputs), tmp)
         shutil.rmtree(cached, ignore_errors=True)
         tmp.rename(cached)
     stamp = target / "labkit-source.txt"  # which cached export this copy is: a stale copy is replaced
