@@ -17,7 +17,7 @@ LAB_PORT ?= 8888
 ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 # The README's lab command; tests/test_make_lab.py starts `make lab` and opens the URL it prints.
 LAB_CMD = $(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser $(ALLOW_ROOT) --ServerApp.root_dir=notebooks
-# The student edition that `make test` executes: written fresh by each run, git-ignored (.cache/).
+# The whole student edition (`make student-test` executes it): written fresh by each run, git-ignored (.cache/).
 STUDENT_DIR ?= .cache/student-edition
 
 .PHONY: lab test venv bench student student-test clean-services help gpu-wheels gpu-wheels-lock
@@ -44,18 +44,18 @@ lab: $(STAMP)
 	@echo "Starting JupyterLab in notebooks/ on 127.0.0.1 (Ctrl-C to stop): open the http://127.0.0.1:...?token=... URL it prints."
 	$(LAB_CMD)
 
-# The suite: unit and service tests, every notebook, then the student edition of every notebook
-# (unsolved exercises must say "not done yet", never crash). Three student copies are left out of
-# the nbval pass because a test executes each already, so each runs once: 00 in
-# tests/test_student_edition.py (unsolved, then solved), 06 and 14 in tests/test_degraded.py
-# (non-strict, with RabbitMQ, Java and the system Redis hidden: the newcomer's path, while the
-# instructor 06 and 14 run here with everything, strict under CI). The 25 slowest steps are listed
-# at the end, to keep the suite inside its time budget.
-STUDENT_RUN_ELSEWHERE := 00_setup_and_baselines 06_celery_fastapi 14_comparison_capstone
+# The suite: unit and service tests, then every notebook executed once as `labkit student --paired`
+# writes it: the lesson (the same cells in both editions: tests/test_exercises.py proves it), then
+# its exercises as the student edition has them (unsolved checks must say "not done yet", never
+# crash), then the same exercises solved (every check must pass). So each lesson runs once, not
+# twice. Whole student notebooks run in tests too: 00 in tests/test_student_edition.py (unsolved,
+# then solved), 06 and 14 in tests/test_degraded.py (non-strict, with RabbitMQ, Java and the system
+# Redis hidden: the newcomer's path). The 25 slowest steps are listed at the end, to keep the suite
+# inside its time budget.
+PAIRED_DIR ?= .cache/paired-edition
 test: $(STAMP)
-	rm -rf "$(STUDENT_DIR)" && $(VENV)/bin/labkit student "$(STUDENT_DIR)" > /dev/null
-	LABKIT_FAST=1 $(PY) -m pytest tests notebooks "$(STUDENT_DIR)" --nbval-lax --nbval-current-env \
-		$(foreach nb,$(STUDENT_RUN_ELSEWHERE),--ignore="$(STUDENT_DIR)/$(nb).ipynb") --durations=25 \
+	rm -rf "$(PAIRED_DIR)" && $(VENV)/bin/labkit student --paired "$(PAIRED_DIR)" > /dev/null
+	LABKIT_FAST=1 $(PY) -m pytest tests "$(PAIRED_DIR)" --nbval-lax --nbval-current-env --durations=25 \
 		--nbval-cell-timeout=$(CELL_TIMEOUT) -p no:randomly $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -64,7 +64,7 @@ bench: $(STAMP)
 student: $(STAMP)
 	$(VENV)/bin/labkit student student-edition
 
-# Only the student edition's part of `make test` (unsolved exercises must say "not done yet").
+# The student edition of every notebook, top to bottom (unsolved exercises must say "not done yet").
 student-test: $(STAMP)
 	rm -rf "$(STUDENT_DIR)" && $(VENV)/bin/labkit student "$(STUDENT_DIR)" > /dev/null
 	LABKIT_FAST=1 $(PY) -m pytest "$(STUDENT_DIR)" --nbval-lax --nbval-current-env \
