@@ -73,3 +73,13 @@ def test_sanity_guards_print_a_warning_and_exercises_refuse(capsys: pytest.Captu
     msg = guards.refusal(bad, guards.Guard(True, ""))
     assert msg is not None and msg.startswith("not accepted") and "peak" in msg
     assert guards.refusal(guards.Guard(True, "")) is None
+
+
+def test_probe_counts_other_programs_cpu_and_refreshes_while_running() -> None:
+    r = probe.ProbeReport(1e-3, 1e-3, 0.1, 0.1, 2, 2, others_cores=1.2)
+    assert r.busy() and "1.2 of the 2 usable cores" in (r.cause() or "") and "other programs 1.2 cores" in r.line()
+    assert not probe.ProbeReport(1e-3, 1e-3, 0.1, 0.1, 2, 2, others_cores=0.1).busy()
+    p = probe.start()
+    assert probe.last() is p.report or probe.last() == p.report
+    report = p.finish()
+    assert report.end_s is not None and probe.last() is report and "others_cores" in report.as_dict()
