@@ -228,6 +228,7 @@ def with_spread(
     bound: float | None = None,
     bound_label: str = "bound",
     integer_x: bool = True,
+    log_y: bool = False,
 ) -> Axes:
     """Median of each point with its spread drawn: IQR as error bars, min–max as a light band.
 
@@ -247,6 +248,8 @@ def with_spread(
         ax.axhline(bound, color="C3", ls=":", label=bound_label)
     if log_x:
         ax.set_xscale("log", base=2)
+    if log_y:
+        ax.set_yscale("log")
     if integer_x:
         xs_all = sorted({x for points in series.values() for x in points})
         ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
