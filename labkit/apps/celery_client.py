@@ -30,7 +30,7 @@ from typing import Any
 
 from labkit.apps import celery_tasks as tasks
 
-__all__ = ["Ledger", "RedisPublisher", "RedisResults", "call", "redelivery_s", "resubmit_after_s", "wait", "wait_async"]
+__all__ = ["Ledger", "RedisPublisher", "RedisResults", "call", "new_key", "redelivery_s", "resubmit_after_s", "wait", "wait_async"]
 
 RESUBMIT_MARGIN_S = 0.5  # past the broker's redelivery time: let the broker win when it can
 _RECENT = 10_000  # keys remembered after their first result, to count late duplicates

@@ -17,7 +17,7 @@ from typing import Any
 from labkit import bench
 from labkit.measure.load import LoadResult
 
-__all__ = ["CONCURRENCY", "Ceilings", "celery_ceiling", "compare_routes", "http_ceiling", "loop_lag", "payload", "run", "sustained"]
+__all__ = ["CONCURRENCY", "Ceilings", "celery_ceiling", "compare_routes", "http_ceiling", "loop_lag", "measure", "payload", "run", "sustained"]
 
 CONCURRENCY = 16
 RATIO_TARGET = 0.9
