@@ -63,7 +63,7 @@ def gantt(timeline: Timeline, ax: Axes | None = None, title: str = "Who did what
     ax.set_title(title)
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color=color[s], label=s) for s in stages], loc="upper right", fontsize="small", ncols=min(len(stages), 4))
+    legend_outside(ax, handles=[Patch(color=color[s], label=s) for s in stages])
     ax.invert_yaxis()
     return ax
 
