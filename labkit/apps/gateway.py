@@ -195,8 +195,9 @@ def create_app() -> Any:
         task = tasks.model_1 if req.model == "cnn" else tasks.model_2
         return task.apply_async((req.images,), **options)
 
-    def answer(req: PredictRequest, value: dict[str, Any], t0: float) -> dict[str, Any]:
-        return {"model": req.model, "pred": value["pred"], "latency_ms": round((time.perf_counter() - t0) * 1e3, 3)}
+    def answer(req: PredictRequest, value: dict[str, Any], t0: float, key: str | None = None) -> dict[str, Any]:
+        out = {"model": req.model, "pred": value["pred"], "latency_ms": round((time.perf_counter() - t0) * 1e3, 3)}
+        return out | {"task_id": key} if key else out
 
     def poll_backend(key: str, wait_s: float) -> dict[str, Any] | None:  # in the pool: rpc/other backends
         end = time.monotonic() + wait_s
@@ -242,7 +243,7 @@ def create_app() -> Any:
                 results.release(key)
         if meta["status"] != "SUCCESS":
             return JSONResponse(status_code=502, content={"detail": f"the worker failed: {meta.get('result')!r}"})
-        return answer(req, meta["result"], t0)
+        return answer(req, meta["result"], t0, key)
 
     @api.post("/predict_blocking")
     async def predict_blocking(req: PredictRequest) -> Any:
