@@ -35,7 +35,7 @@ from typing import Any
 from labkit import bench, config
 from labkit.measure.load import Request
 
-__all__ = ["OPTIONS", "RECOVERY_MARGIN_S", "OptionFaults", "Plan", "celery_option", "measure", "pool_option", "ray_option", "recovery_per_kill", "run"]
+__all__ = ["OPTIONS", "RECOVERY_MARGIN_S", "OptionFaults", "Plan", "celery_option", "measure", "pool_option", "ray_option", "recovery_per_kill", "restore_sweep_s", "run"]
 
 OPTIONS = ("celery-redis", "celery-rabbitmq", "ray-tasks", "pool")
 RECOVERY_MARGIN_S = 2.0  # target: worst recovery ≤ redelivery time + this
@@ -49,6 +49,7 @@ class Plan:
     kills: int = 30
     kills_other: int = 30  # Ray and the pool
     clients: int = 8
+    workers: int = 4  # Celery workers per broker: up to workers - 2 restarting at once, 2 always serving
     gap_s: tuple[float, float] = (0.2, 0.8)
     max_s: float = 240.0
     seed: int = 23
@@ -165,11 +166,41 @@ def _kill_loop(plan: Plan, kills: int, victims: Callable[[], list[Any]], kill: C
     return times
 
 
+def restore_sweep_s(redis_url: str, n: int = 100, repeats: int = 10) -> list[float]:
+    """Seconds one kombu restore sweep takes to put back ``n`` due unacked messages (the lock must outlive it).
+
+    Uses queue ``labkit-sweep`` on ``redis_url`` with the lab's transport options (visibility 0,
+    so every delivered message is due at once); the queue is emptied afterwards.
+    """
+    from kombu import Connection
+
+    from labkit.apps import celery_tasks as ct
+
+    opts = {**ct.settings(redis_url)["broker_transport_options"], "visibility_timeout": 0}
+    out = []
+    with Connection(redis_url, transport_options=opts) as conn:
+        q = conn.SimpleQueue("labkit-sweep")
+        try:
+            for _ in range(repeats):
+                for i in range(n):
+                    q.put({"i": i})
+                for _ in range(n):
+                    q.get(timeout=5)  # delivered, never acknowledged: now in the unacked hash
+                qos = q.consumer.channel.qos
+                t0 = time.perf_counter()
+                qos.restore_visible(num=n, interval=1)
+                out.append(time.perf_counter() - t0)
+                q.clear()
+        finally:
+            q.close()
+    return out
+
+
 # ---------------------------------------------------------------- Celery through the gateway
 
 
 def celery_option(broker: str, plan: Plan, progress: Any) -> OptionFaults:
-    """Gateway + 4 Celery workers on ``broker`` ("redis" or "rabbitmq"), Redis result backend, under the kill loop."""
+    """Gateway + ``plan.workers`` Celery workers on ``broker`` ("redis" or "rabbitmq"), Redis result backend, under the kill loop."""
     import httpx
 
     from labkit.apps import celery_client
@@ -184,7 +215,7 @@ def celery_option(broker: str, plan: Plan, progress: Any) -> OptionFaults:
         mq = rabbitmq.start(external=False) if broker == "rabbitmq" else None
         broker_url = mq.url if mq is not None else backend.url
         out.redelivery_s = celery_client.redelivery_s(broker_url) if broker == "redis" else 0.0
-        names = ["w1", "w2", "w3", "w4"]  # up to two restarting at once, two always serving
+        names = [f"w{i + 1}" for i in range(plan.workers)]
         workers: dict[str, Any] = {}
         restarting: set[str] = set()
         lock = threading.Lock()
