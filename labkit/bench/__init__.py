@@ -39,6 +39,8 @@ BENCHMARKS = (
     "hpa",
     "torchserve",
     "tfserving",
+    "triton",
+    "litserve",
 )
 _OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 
