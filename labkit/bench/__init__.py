@@ -40,6 +40,8 @@ BENCHMARKS = (
     "torchserve",
     "tfserving",
     "faults",
+    "triton",
+    "litserve",
 )
 _OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 
