@@ -22,7 +22,7 @@ def model() -> tinygpt.TinyGPT:
 
 @pytest.fixture(scope="module")
 def requests() -> list[trace.Request]:
-    return trace.poisson(40, 400.0, seed=3)
+    return trace.poisson(30, 400.0, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def _unit_cost(n_seqs: int, n_tokens: int) -> float:
 
 def test_cached_generation_equals_the_plain_loop(model: tinygpt.TinyGPT) -> None:
     v = tinygpt.vocab()
-    for prompt in ["Beautiful is", "Errors should", "If the", "Now is better than", "S"]:
+    for prompt in ["Beautiful is", "Now is better than", "S"]:
         ids = v.encode(prompt)
         plain = decode.generate(model, ids, 64 - len(ids))
         assert decode.generate_cached(model, ids, 64 - len(ids)) == plain
@@ -89,7 +89,8 @@ def test_continuous_beats_static_on_a_burst_by_schedule_alone(model: tinygpt.Tin
     cont = engine.Engine(model, "continuous", 8, cost_s=_unit_cost).run(burst)
     assert cont.tokens_per_s / static.tokens_per_s >= 2.0
     assert cont.ttft.p50 <= static.ttft.p50
-    assert cont.mean_batch > static.mean_batch
+    assert cont.tokens_per_iteration > 2 * static.tokens_per_iteration
+    assert static.mean_batch == 8  # finished requests keep their row until the batch ends
 
 
 def test_kv_memory_formula_equals_what_torch_allocates(model: tinygpt.TinyGPT) -> None:
@@ -154,3 +155,28 @@ def test_engine_refuses_bad_settings(model: tinygpt.TinyGPT) -> None:
     too_long = [trace.Request(0, 0.0, (1,) * 40, 30)]
     with pytest.raises(BadInput, match="max_len"):
         engine.Engine(model).run(too_long)
+
+
+def test_offered_load_sweep_has_both_policies_at_every_load(model: tinygpt.TinyGPT) -> None:
+    from labkit.llm import sweep
+
+    sw = sweep.offered_load(model, loads=(0.5, 2.0), n_requests=30, capacity=300.0)
+    assert sw.loads == [0.5, 2.0] and len(sw.points) == 4
+    assert sw.at("static", 2.0).tokens_per_s > 0
+    assert len(sw.series("continuous", "ttft_p50_ms")) == 2
+    with pytest.raises(BadInput):
+        sw.at("static", 1.0)
+
+
+def test_sharded_decode_on_two_ranks_matches_one_process(model: tinygpt.TinyGPT) -> None:
+    from labkit.llm import sharded
+    from labkit.patterns import sharding
+
+    prompts = [tinygpt.vocab().encode("Errors should"), tinygpt.vocab().encode("If the")]
+    result = sharded.tensor_parallel_decode(model, prompts, n_new=12)
+    assert result.max_abs_diff <= 1e-5
+    assert result.tokens_identical
+    assert result.tokens == [decode.generate(model, p, 12) for p in prompts]
+    assert result.kv_heads_per_rank == [2, 2] and sum(result.cache_bytes_per_rank) == result.cache_bytes_full
+    assert result.decode_allreduce_s > 0 and result.prefill_allreduce_s > 0
+    assert sharding.live_ranks() == []

@@ -42,6 +42,7 @@ BENCHMARKS = (
     "faults",
     "triton",
     "litserve",
+    "llm",
 )
 _OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 

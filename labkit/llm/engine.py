@@ -5,14 +5,18 @@ that has just been admitted contributes its whole prompt (its prefill), every ot
 token (a decode step). The two policies differ only in *when* waiting requests join:
 
 - ``static``: a batch is formed from the queue when the engine is idle and runs until its
-  longest request ends; requests that arrive meanwhile wait, and slots of requests that finish
-  early stay empty.
+  longest request ends; requests that arrive meanwhile wait. A request that finishes early keeps
+  its row and its KV memory until the batch ends, as in a padded batch tensor: the engine runs a
+  padding token for it (its last position again, whose output is discarded).
 - ``continuous`` (iteration-level scheduling, Orca, OSDI 2022): at *every* iteration finished
   requests leave and waiting ones take their slots, up to ``max_batch``.
 
 Time: the engine's clock advances by the measured duration of each iteration (so the figures are
-real compute on this machine) and jumps over idle gaps instead of sleeping; ``cost_s`` replaces the
-measurement with a cost model (deterministic, for tests). Every result records each token's time,
+real compute on this machine) and jumps over idle gaps instead of sleeping. On a CPU with one torch
+thread the duration is the thread's CPU time (``time.thread_time``): on a shared machine it counts
+the work, not the moments another program held the core (``clock="wall"`` counts those too; a GPU
+always uses wall time, synchronised). ``cost_s`` replaces the measurement with a cost model
+(deterministic, for tests). Every result records each token's time,
 so time to first token (TTFT) and inter-token latency (ITL) follow. Shown in 11.
 
     run = engine.Engine(model, policy="continuous", max_batch=8, cache="paged").run(requests)
@@ -21,11 +25,13 @@ so time to first token (TTFT) and inter-token latency (ITL) follow. Shown in 11.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from labkit.errors import BadInput
@@ -39,6 +45,7 @@ __all__ = ["POLICIES", "Engine", "EngineRun", "RequestResult"]
 
 POLICIES = ("static", "continuous")
 CACHES = ("contiguous", "paged")
+CLOCKS = ("auto", "cpu", "wall")
 
 
 @dataclass
@@ -67,6 +74,7 @@ class _Running:
     req: Request
     result: RequestResult
     pos: int = 0  # tokens of this sequence in the cache
+    done: bool = False  # static batching: finished, but its row stays until the batch ends
 
 
 @dataclass
@@ -75,6 +83,7 @@ class EngineRun:
 
     policy: str
     cache: str
+    clock: str
     max_batch: int
     block_size: int
     max_len: int
@@ -112,8 +121,13 @@ class EngineRun:
         return timing.latency_stats(gaps or [0.0])
 
     @property
+    def tokens_per_iteration(self) -> float:
+        """Tokens produced per iteration, on average (padding rows of a static batch produce none)."""
+        return self.n_tokens / self.iterations
+
+    @property
     def mean_batch(self) -> float:
-        """Sequences per iteration, on average (how full the batch was)."""
+        """Rows per iteration, on average, padding rows included."""
         return sum(len(x) for x in self.lengths) / max(len(self.lengths), 1)
 
     @property
@@ -146,6 +160,7 @@ class EngineRun:
             "itl_p50_ms": round(self.itl.p50 * 1e3, 2),
             "itl_p99_ms": round(self.itl.p99 * 1e3, 2),
             "mean_batch": round(self.mean_batch, 2),
+            "tokens_per_iteration": round(self.tokens_per_iteration, 2),
             "iterations": self.iterations,
             "waste": round(self.waste, 4),
         }
@@ -167,6 +182,7 @@ class Engine:
         cache: str = "contiguous",
         block_size: int = 4,
         cost_s: Callable[[int, int], float] | None = None,
+        clock: str = "auto",
     ) -> None:
         if policy not in POLICIES:
             raise BadInput(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -177,6 +193,17 @@ class Engine:
         self.model, self.policy, self.max_batch, self.cache_kind, self.block_size, self.cost_s = model, policy, max_batch, cache, block_size, cost_s
         self.max_len = int(model.cfg.block_size)
         self.device = next(model.parameters()).device
+        if clock not in CLOCKS:
+            raise BadInput(f"clock must be one of {CLOCKS}, got {clock!r}")
+        if clock == "auto":
+            clock = "cpu" if self.device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
+        self.clock = clock
+
+    def _now(self) -> float:
+        if self.clock == "cpu":
+            return time.thread_time()
+        timing.synchronize(self.device)
+        return timing.now()
 
     def new_cache(self) -> Any:
         """An empty KV cache of this engine's kind and size."""
@@ -190,10 +217,11 @@ class Engine:
     def _iteration(self, running: list[_Running], cache: Any) -> list[int]:
         """One forward over the batch: prompts of new sequences (prefill), last tokens of the others (decode)."""
         chunks = [list(s.req.prompt) if s.pos == 0 else [s.result.tokens[-1]] for s in running]
-        tokens, positions, ids, last = decode.pack(chunks, [s.pos for s in running], [s.req.id for s in running], self.device)
+        starts = [s.pos - 1 if s.done else s.pos for s in running]  # a finished row repeats its last position (padding)
+        tokens, positions, ids, last = decode.pack(chunks, starts, [s.req.id for s in running], self.device)
         logits = decode.forward_cached(self.model, tokens, positions, ids, cache)
         for s, c in zip(running, chunks):
-            s.pos += len(c)
+            s.pos += 0 if s.done else len(c)
         return logits[last].argmax(-1).tolist()
     # endregion
 
@@ -225,9 +253,9 @@ class Engine:
                     cache.add(req.id)
                     running.append(_Running(req, RequestResult(req.id, req.arrival_s)))
             joined.append(sum(1 for s in running if s.pos == 0))
-            t0 = timing.now()
+            t0 = self._now()
             new_tokens = self._iteration(running, cache)
-            elapsed = timing.now() - t0
+            elapsed = self._now() - t0
             if self.cost_s is not None:
                 elapsed = self.cost_s(len(running), sum(1 if s.result.tokens else len(s.req.prompt) for s in running))
             clock += elapsed
@@ -237,18 +265,30 @@ class Engine:
             reserved.append(sum(cache.reserved_tokens(s.req.id) for s in running))
             still = []
             for s, tok in zip(running, new_tokens):
+                if s.done:
+                    still.append(s)  # padding row: its output is discarded
+                    continue
                 s.result.tokens.append(tok)
                 s.result.token_times_s.append(clock)
-                if len(s.result.tokens) == s.req.max_new:
-                    cache.release(s.req.id)  # finished: its KV memory is free again
-                    done.append(s.result)
-                else:
+                if len(s.result.tokens) < s.req.max_new:
                     still.append(s)
+                    continue
+                done.append(s.result)
+                if self.policy == "continuous":
+                    cache.release(s.req.id)  # finished: its KV memory is free for the next request now
+                else:
+                    s.done = True
+                    still.append(s)
+            if still and all(s.done for s in still):  # static: the batch's longest request has ended
+                for s in still:
+                    cache.release(s.req.id)
+                still = []
             running = still
         # endregion
         return EngineRun(
             policy=self.policy,
             cache=self.cache_kind,
+            clock="cost model" if self.cost_s is not None else self.clock,
             max_batch=self.max_batch,
             block_size=self.block_size,
             max_len=self.max_len,

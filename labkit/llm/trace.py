@@ -20,8 +20,8 @@ __all__ = ["LONG_FRACTION", "LONG_OUTPUT", "PROMPT_LEN", "SHORT_OUTPUT", "Reques
 
 PROMPT_LEN = (4, 24)  # tokens, inclusive
 SHORT_OUTPUT = (2, 6)
-LONG_OUTPUT = (28, 40)
-LONG_FRACTION = 0.15  # share of requests with a long answer
+LONG_OUTPUT = (32, 40)
+LONG_FRACTION = 0.1  # share of requests with a long answer
 MAX_LEN = 64  # TinyGPT's block size: prompt + output never exceed it
 
 
