@@ -39,6 +39,7 @@ BENCHMARKS = (
     "hpa",
     "torchserve",
     "tfserving",
+    "capstone",
 )
 _OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 
