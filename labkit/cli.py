@@ -76,11 +76,12 @@ def services(
 def student(
     out_dir: Path = typer.Argument(..., help="Where to write the student edition."),
     src: Path = typer.Option(Path("notebooks"), help="Folder of the instructor notebooks."),
+    paired: bool = typer.Option(False, "--paired", help="Write what `make test` runs: each lesson once, then its exercises unsolved, then solved."),
 ) -> None:
     """Write the student edition: solutions replaced by stubs, outputs cleared, checks kept."""
-    from labkit.exercises.student import make_student_edition
+    from labkit.exercises.student import make_paired_edition, make_student_edition
 
-    for p in make_student_edition(src, out_dir):
+    for p in (make_paired_edition if paired else make_student_edition)(src, out_dir):
         typer.echo(f"wrote {p}")
 
 

@@ -133,3 +133,15 @@ def test_500_malformed_requests_get_4xx_and_the_gateway_keeps_serving(gw: gatewa
         assert client.get("/healthz").status_code == 200
         ok = client.post("/predict", json={"images": x})
         assert ok.status_code == 200 and len(ok.json()["pred"]) == 1
+
+
+def test_noop_metrics_and_no_resubmission_when_nothing_is_lost(gw: gateway.GatewayHandle) -> None:
+    x, _ = _images(2)
+    assert gw.post("/noop", json={"images": x}).json() == {"ok": True}
+    before = gw.get("/metrics").json()
+    for _ in range(5):
+        assert gw.post("/predict", json={"images": x, "model": "mlp", "trace": True}, timeout=30).status_code == 200
+    m = gw.get("/metrics", params={"reset": 1}).json()
+    assert m["at_least_once"]["submitted"] - before["at_least_once"]["submitted"] == 5
+    assert m["at_least_once"]["resubmitted"] == 0 and m["at_least_once"]["waiting"] == 0
+    assert m["loop_lag"]["n"] > 0 and m["resubmit_after_s"] > ct.VISIBILITY_TIMEOUT_S
