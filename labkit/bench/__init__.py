@@ -43,6 +43,7 @@ BENCHMARKS = (
     "triton",
     "litserve",
     "llm",
+    "capstone",
 )
 _OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 
