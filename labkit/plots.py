@@ -63,7 +63,7 @@ def gantt(timeline: Timeline, ax: Axes | None = None, title: str = "Who did what
     ax.set_title(title)
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color=color[s], label=s) for s in stages], loc="upper right", fontsize="small", ncols=min(len(stages), 4))
+    legend_outside(ax, handles=[Patch(color=color[s], label=s) for s in stages])
     ax.invert_yaxis()
     return ax
 
@@ -243,13 +243,16 @@ def with_spread(
         hi = [points[x].q3 - points[x].median for x in xs]
         color = STAGE_COLORS[i % len(STAGE_COLORS)]
         ax.fill_between(xs, [points[x].low for x in xs], [points[x].high for x in xs], color=color, alpha=0.15, linewidth=0)
-        ax.errorbar(xs, med, yerr=[lo, hi], fmt="o-", color=color, capsize=3, label=f"{label} (median, IQR; band: min–max)")
+        ax.errorbar(xs, med, yerr=[lo, hi], fmt="o-", color=color, capsize=3, label=label)
     if bound is not None:
         ax.axhline(bound, color="C3", ls=":", label=bound_label)
     if log_x:
         ax.set_xscale("log", base=2)
     if log_y:
+        from matplotlib.ticker import LogFormatter
+
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     if integer_x:
         xs_all = sorted({x for points in series.values() for x in points})
         ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
@@ -257,5 +260,5 @@ def with_spread(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    legend_outside(ax)
+    legend_outside(ax, title="median, IQR bars,\nmin–max band", title_fontsize="x-small")
     return ax

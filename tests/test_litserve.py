@@ -105,3 +105,24 @@ def test_bad_input_is_a_4xx_with_a_reason(server: tuple[litserve.LitServe, dict[
     r = httpx.post(srv.predict_url, json={"image": [0.0] * 64}, timeout=30)
     assert r.status_code == 422 and "pixels" in r.text
     assert srv.predict(ref["x"][0])["label"] == int(ref["labels"][0])  # still serving
+
+
+@pytest.mark.unit
+def test_exercise_checks_both_ways(capsys: pytest.CaptureFixture[str]) -> None:
+    from labkit.exercises import ExerciseFailed, ex13
+    from labkit.measure.batching import BatchingSweep, SweepRow
+    from labkit.measure.load import LoadResult, Request
+
+    def row(setting: Setting, throughput_per_s: float) -> SweepRow:
+        return SweepRow(setting, 16, "http", LoadResult([Request(0.0, 0.01, 200)] * int(throughput_per_s), elapsed_s=1.0))
+
+    sweep = BatchingSweep([row(Setting(1), 10.0), row(BATCHED, 40.0)])
+    assert ex13.check_batching_gain(None, sweep) is False
+    assert "not done yet" in capsys.readouterr().out
+    assert ex13.check_batching_gain(4.0, sweep) is True
+    with pytest.raises(ExerciseFailed, match="inverse"):
+        ex13.check_batching_gain(0.25, sweep)
+    detail = [{"type": "too_short", "loc": ["body", "pixels"], "msg": "List should have at least 64 items after validation, not 3"}]
+    assert ex13.check_validation_reason(("pixels", detail[0]["msg"]), detail) is True
+    with pytest.raises(ExerciseFailed, match="loc"):
+        ex13.check_validation_reason(("body", detail[0]["msg"]), detail)

@@ -121,3 +121,18 @@ def test_bad_input_is_a_4xx_with_a_reason(server: tuple[triton.Triton, dict[str,
     r = httpx.post(tr.infer_url("nope"), json=triton.request_body(ref["x"][:1]), timeout=30)
     assert r.status_code == 404 and "unknown model" in r.json()["error"].lower()
     assert tr.predict(triton.model_name(BATCHED), ref["x"][:1]) == [int(ref["labels"][0])]  # still serving
+
+
+@pytest.mark.unit
+def test_exercise_checks_both_ways(capsys: pytest.CaptureFixture[str]) -> None:
+    from labkit.exercises import ExerciseFailed, ex12
+
+    x = np.arange(3 * 64, dtype=np.float32).reshape(3, 1, 8, 8) / 100
+    assert ex12.check_request_body(None, x) is False
+    assert "not done yet" in capsys.readouterr().out
+    assert ex12.check_request_body(triton.request_body(x), x) is True
+    with pytest.raises(ExerciseFailed, match="batch dimension"):
+        ex12.check_request_body({"inputs": [{"name": "pixels", "shape": [192], "datatype": "FP32", "data": x.ravel().tolist()}]}, x)
+    assert ex12.check_mean_batch(40 / 9, METRICS, "wide_b32_d5000") is True
+    with pytest.raises(ExerciseFailed, match="inverse"):
+        ex12.check_mean_batch(9 / 40, METRICS, "wide_b32_d5000")

@@ -14,7 +14,8 @@ Tasks are pure, so running one twice is harmless; the result is stored under the
 run it with any publish/fetch pair; ``call`` runs it with a Celery task. For an event loop,
 ``RedisPublisher`` sends a task to a Redis broker and ``RedisResults`` waits on a Redis result
 backend, both with ``redis.asyncio``: no thread, no lock shared with the loop, no blocking call.
-Used in 06, ``labkit bench gateway``, ``labkit bench faults`` and the gateway.
+Used in 06, ``labkit bench gateway``, ``labkit bench faults`` and the gateway; its ``ledger``
+region is Shown in 06 §6.
 """
 
 from __future__ import annotations

@@ -46,12 +46,13 @@ VISIBILITY_TIMEOUT_S = 10  # Redis: an unacknowledged task goes back to the queu
 # Redis restore sweep: every worker, every UNACKED_RESTORE_INTERVAL_S, takes kombu's restore lock
 # (``unacked_mutex``) and puts back at most UNACKED_RESTORE_LIMIT messages older than the visibility
 # timeout. The lock's expiry is the only thing that frees it when a worker is SIGKILLed while
-# holding it: kombu's default (300 s) then stalls every restore for 5 minutes. A sweep of 100
-# due entries took 167 ms median, 332 ms worst here (kombu 5.7, Redis 7, 30 sweeps; each restore
-# is a WATCH transaction). 2 s is 6× the worst sweep, and a lock left by a dead worker then costs
-# at most 2 s more, inside the 2 s margin of ``labkit bench faults``' recovery target. A sweep that
-# outlives the lock is still safe: restore_by_tag's WATCH on the unacked hash keeps a second
-# sweeper from restoring the same message twice. A sweep every 1 s: redelivery time 10 + 1 s.
+# holding it: kombu's default (300 s) then stalls every restore for 5 minutes. Measured here
+# (``labkit.bench.faults.restore_sweep_s``, 100 due messages, each restore a WATCH transaction):
+# 0.17 s median, 0.33 s worst on a quiet machine; 1.5–2.3 s at load average 20 on 2 cores. We
+# pick 2 s: a lock left by a dead worker then costs at most 2 s more, inside the 2 s margin of
+# ``labkit bench faults``' recovery target; and a sweep that outlives the lock (the loaded case) is
+# still safe, because restore_by_tag WATCHes the unacked hash, so a second sweeper cannot restore
+# the same message twice. A sweep every 1 s: the redelivery time is 10 + 1 s.
 UNACKED_RESTORE_INTERVAL_S = 1
 UNACKED_RESTORE_LIMIT = 100
 UNACKED_MUTEX_EXPIRE_S = 2

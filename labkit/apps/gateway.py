@@ -26,6 +26,8 @@ import time
 from collections import deque
 from typing import Any
 
+from labkit.apps.body_limit import BodyLimit  # re-exported: the gateway's 413 comes from there
+
 __all__ = ["LAG_PERIOD_S", "MAX_BODY_BYTES", "MAX_IMAGES", "BodyLimit", "LoopLag", "create_app"]
 
 LAG_PERIOD_S = 0.005  # the loop-lag probe sleeps this long, over and over, and records the overshoot
@@ -35,62 +37,6 @@ MAX_BODY_BYTES = 256 * 1024  # a request larger than this gets 413 (≈ 400 imag
 MAX_IMAGES = 256
 DEFAULT_TIMEOUT_S = 30.0  # > celery_client.resubmit_after_s (11.5 s on Redis): a lost task is resent in time
 MAX_TIMEOUT_S = 60.0
-_DRAIN_LIMIT_BYTES = 64 * 2**20  # read (and discard) at most this much of an oversized body
-
-
-def _too_large(send: Any, size: int) -> Any:
-    import json
-
-    body = json.dumps({"detail": f"request body is {size} bytes or more; the limit is {MAX_BODY_BYTES} bytes"}).encode()
-
-    async def respond() -> None:
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    return respond()
-
-
-class BodyLimit:
-    """ASGI middleware: refuse bodies over ``max_bytes`` with 413 before any parsing happens."""
-
-    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > _DRAIN_LIMIT_BYTES:
-            return await _too_large(send, int(length))
-        chunks, size, more = [], 0, True
-        while more:  # read the body ourselves, so an oversized one is never buffered whole
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            piece = message.get("body", b"")
-            size += len(piece)
-            more = message.get("more_body", False)
-            if size <= self.max_bytes:
-                chunks.append(piece)
-            elif size > _DRAIN_LIMIT_BYTES:
-                break
-        if size > self.max_bytes:
-            return await _too_large(send, size)
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> Any:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
 class LoopLag:
     """A sleep-drift probe: ``await asyncio.sleep(period)`` in a loop; how late it wakes is the loop's lag.
 
@@ -195,8 +141,9 @@ def create_app() -> Any:
         task = tasks.model_1 if req.model == "cnn" else tasks.model_2
         return task.apply_async((req.images,), **options)
 
-    def answer(req: PredictRequest, value: dict[str, Any], t0: float) -> dict[str, Any]:
-        return {"model": req.model, "pred": value["pred"], "latency_ms": round((time.perf_counter() - t0) * 1e3, 3)}
+    def answer(req: PredictRequest, value: dict[str, Any], t0: float, key: str | None = None) -> dict[str, Any]:
+        out = {"model": req.model, "pred": value["pred"], "latency_ms": round((time.perf_counter() - t0) * 1e3, 3)}
+        return out | {"task_id": key} if key else out
 
     def poll_backend(key: str, wait_s: float) -> dict[str, Any] | None:  # in the pool: rpc/other backends
         end = time.monotonic() + wait_s
@@ -242,7 +189,7 @@ def create_app() -> Any:
                 results.release(key)
         if meta["status"] != "SUCCESS":
             return JSONResponse(status_code=502, content={"detail": f"the worker failed: {meta.get('result')!r}"})
-        return answer(req, meta["result"], t0)
+        return answer(req, meta["result"], t0, key)
 
     @api.post("/predict_blocking")
     async def predict_blocking(req: PredictRequest) -> Any:
@@ -281,4 +228,4 @@ def create_app() -> Any:
             return JSONResponse(status_code=503, content={"ready": False, "detail": f"{type(exc).__name__}: {exc}"})
         return {"ready": True}
 
-    return BodyLimit(api)
+    return BodyLimit(api, MAX_BODY_BYTES)

@@ -62,7 +62,7 @@ class MetricsLogger(ls.Logger):
 
 
 class WideDigitAPI(ls.LitAPI):  # type: ignore[misc,unused-ignore]
-    """The wide digit model (``labkit.models.wide``), batched."""
+    """The wide digit model (``labkit.models.wide``) as a LitAPI: setup, decode_request, predict (a batch), encode_response. Shown in 13."""
 
     def __init__(self, width: int, threads: int = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -104,7 +104,7 @@ class WideDigitAPI(ls.LitAPI):  # type: ignore[misc,unused-ignore]
 
 
 def build_server(width: int, max_batch_size: int, batch_timeout_s: float, threads: int = 1) -> Any:
-    """The ``LitServer``: one CPU worker, batching as given, ``/metrics`` mounted."""
+    """The ``LitServer``: one CPU worker, batching as given, ``/metrics`` mounted. Shown in 13."""
     from prometheus_client import CollectorRegistry, make_asgi_app, multiprocess
 
     registry = CollectorRegistry()

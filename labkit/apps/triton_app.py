@@ -38,7 +38,11 @@ def parse_model(spec: str) -> tuple[str, int, int]:
 
 
 def make_infer(net: Any) -> Any:
-    """The batched infer function Triton calls: pixels (N, 64) float32 → label (N, 1), batch_size (N, 1)."""
+    """The batched infer function Triton calls: pixels (N, 64) float32 → label (N, 1), batch_size (N, 1).
+
+    ``@batch`` hands it whole batches as numpy arrays (Triton's dynamic batcher formed them).
+    Shown in 12.
+    """
     import numpy as np
     from pytriton.decorators import batch
 
@@ -82,7 +86,7 @@ def _end_group() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Bind the models, serve until SIGTERM."""
+    """Bind the model once per ``--model`` setting (``Triton.bind``), start tritonserver, serve until SIGTERM. Shown in 12."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--grpc-port", type=int, required=True)

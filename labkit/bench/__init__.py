@@ -39,7 +39,11 @@ BENCHMARKS = (
     "hpa",
     "torchserve",
     "tfserving",
+    "faults",
+    "triton",
+    "litserve",
     "llm",
+    "capstone",
 )
 _OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 

@@ -45,9 +45,18 @@ def check_fraction_of_peak(answer: float | None, sweep: Sequence[Any], peak_gflo
 
 
 def check_oversubscription_slowdown(answer: float | None, throughputs: dict[str, float]) -> bool:
-    """Exercise 2: throughput of the oversubscribed run divided by the one-process run."""
+    """Exercise 2: throughput of the oversubscribed run divided by the one-process run.
+
+    Refused (⚠️, False) when the one-process reference cannot be right: 2 one-thread processes
+    beat it by more than 2× (or the usable cores).
+    """
     names = list(throughputs)
     expected = throughputs[names[1]] / throughputs[names[0]]
+    if not is_unanswered(answer) and len(names) > 2:  # one thread per process beating one process by more than the cores: the reference was slowed
+        refused = guards.refusal(guards.speedup_within_cores(throughputs[names[2]] / throughputs[names[0]], workers=2))
+        if refused:
+            print(f"⚠️ Exercise 2: {refused}")
+            return False
     problem = None
     if not is_unanswered(answer):
         if not isinstance(answer, (int, float)):

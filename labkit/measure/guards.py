@@ -37,6 +37,9 @@ class Guard:
     def __bool__(self) -> bool:
         return self.ok
 
+    def _ipython_display_(self) -> None:  # a cell ending in a guard shows nothing more: the guard printed what matters
+        return None
+
 
 def _cause(why: str) -> str:
     report = probe.last()

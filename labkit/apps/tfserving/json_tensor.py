@@ -157,7 +157,10 @@ def _parse_float(text: str) -> float:
     return v
 
 
-_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float)
+_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float)  # exact, slower
+_PLAIN = json.JSONDecoder()
+# Only a long exponent or a long digit run can overflow a double or an int64: else the fast decoder.
+_WIDE_NUMBER = re.compile(r"[eE]\+?0*[1-9][0-9]{2,}|[0-9]{19,}")
 _WS = re.compile(r"[ \t\n\r]*")
 _PY_TO_RAPIDJSON = [
     ("Expecting value", "Invalid value."),
@@ -322,7 +325,8 @@ def parse_json(body: bytes | str) -> dict[str, Any]:
         raise InvalidArgument(f"JSON Parse error: The document is empty. at offset: {start}")
     try:
         try:
-            doc, _ = _DECODER.raw_decode(text, start)  # kParseStopWhenDoneFlag: trailing text is ignored
+            decoder = _DECODER if _WIDE_NUMBER.search(text) else _PLAIN
+            doc, _ = decoder.raw_decode(text, start)  # kParseStopWhenDoneFlag: trailing text is ignored
         except RecursionError:
             doc = _parse_iterative(text, start)
     except json.JSONDecodeError as exc:

@@ -160,6 +160,8 @@ class Servable:
         self.loaded = tf.saved_model.load(str(path))
         self.signatures = dict(self.loaded.signatures)
         self.meta_graph = load_meta_graph(path)
+        self._in_specs: dict[str, dict[str, Any]] = {}
+        self._out_specs: dict[str, dict[str, Any]] = {}
         self._batchers: dict[str, _Batcher] = {}
         if batching is not None:
             for sig_name in self.signatures:
@@ -182,10 +184,16 @@ class Servable:
         return input_dtypes(self.meta_graph.signature_def[key])
 
     def input_specs(self, name: str | None) -> dict[str, Any]:
-        return dict(self.signature(name)[1].structured_input_signature[1])
+        key, fn = self.signature(name)
+        if key not in self._in_specs:  # cached: read on every request
+            self._in_specs[key] = dict(fn.structured_input_signature[1])
+        return self._in_specs[key]
 
     def output_specs(self, name: str | None) -> dict[str, Any]:
-        return dict(self.signature(name)[1].structured_outputs)
+        key, fn = self.signature(name)
+        if key not in self._out_specs:
+            self._out_specs[key] = dict(fn.structured_outputs)
+        return self._out_specs[key]
 
     def _call(self, sig_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tensorflow as tf
