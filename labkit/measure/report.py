@@ -146,7 +146,9 @@ def ceiling_shares(results: Sequence[OptionResult], workload: str = "cnn", concu
 
 
 def _seed(family: str, column: str) -> str:
-    text = SEED_TABLE.get(family, {}).get(column, "")
+    if family not in SEED_TABLE:
+        return "— (not in the seed's table)" if family != "Null server" else "—"
+    text = SEED_TABLE[family].get(column, "")
     note = SEED_TESTED.get(family, {}).get(column, "")
     return f"{text} [{note}]" if text and note else text
 
