@@ -184,7 +184,7 @@ def table(results: Sequence[OptionResult], workload: str = "cnn", concurrency: i
             row["start-up s"] = r.startup_s
             row["RSS MB"] = r.rss_mb
             row["answers"] = r.correct.get(workload, "")
-        row["recovery after kill (CNN)"] = format_recovery(r.recovery) if r.available else ""
+        row[col("recovery after kill", concurrency)] = format_recovery(r.recovery) if r.available else ""
         row["deploy LOC"] = r.loc
         rows.append(row)
     return pd.DataFrame(rows).set_index("option")
