@@ -49,6 +49,9 @@ DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
 # What a Kubernetes user writes besides the Python: the image and the base manifests (notebook 08).
 KUBE_FILES = ("Dockerfile", "k8s/base/deployment.yaml", "k8s/base/service.yaml", "k8s/base/hpa.yaml", "k8s/base/kustomization.yaml")
 TF_STAND_IN = "TF Serving stand-in (labkit, follows 2.20.0)"
+# On a machine at load 20+ on 2 cores the raylet gave up waiting for its metrics agent ("Timed out
+# waiting for file .../metrics_agent_port"; Ray's check node_manager.cc:3576) and Ray never started.
+RAY_AGENT_TIMEOUT_MS = 120_000
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,7 @@ def deploy_ray_serve() -> Deployed:
         async def __call__(self, request: Any) -> dict[str, Any]:
             return {"pred": await self.predict(codec.decode(await request.json()))}
 
+    os.environ.setdefault("RAY_agent_register_timeout_ms", str(RAY_AGENT_TIMEOUT_MS))  # see RAY_AGENT_TIMEOUT_MS
     cluster = ray_service.start(num_cpus=N_WORKERS)
     url = cluster.start_serve()
     serve.run(Digits.bind(), name="digits", route_prefix="/digits")  # type: ignore[attr-defined]
