@@ -122,7 +122,6 @@ def test_torchrun_on_two_nodes(lab_cluster: harness.Cluster) -> None:
     result = torchrun.launch(nnodes=2)
     assert result.returncodes == [0, 0], result.logs
     assert sorted(result.ranks) == [0, 1]
-    assert {r["node_dir"] for r in result.ranks.values()} != 1  # each rank ran from its own node folder
     assert len({r["node_dir"] for r in result.ranks.values()}) == 2
     assert len({r["weights"] for r in result.ranks.values()}) == 1
     assert result.ranks[0]["max_abs_diff"] <= 1e-5 and result.ranks[0]["rank_sum"] == 1.0
