@@ -97,7 +97,7 @@ def test_07_ray_runs_tasks_on_both_nodes(lab_cluster: harness.Cluster) -> None:
 
 
 def test_06_celery_uses_the_cluster_workers(lab_cluster: harness.Cluster) -> None:
-    env = pick(lab_cluster.env, "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL", "LABKIT_CELERY_WORKERS")
+    env = pick(lab_cluster.env, "REDIS_URL", "RABBITMQ_URL", "LABKIT_CELERY_WORKERS")
     text = run_notebook("06", env)
     hosts = set(re.findall(r"\b(?:w|mq)\d@host\d\b", text))
     assert len({h for h in hosts if h.startswith("w")}) >= 2, hosts
