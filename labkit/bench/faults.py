@@ -34,12 +34,12 @@ from typing import Any
 
 from labkit import bench, config
 from labkit.measure.load import Request
+from labkit.measure.recovery import recovery_per_kill
 
 __all__ = ["OPTIONS", "RECOVERY_MARGIN_S", "OptionFaults", "Plan", "celery_option", "measure", "pool_option", "ray_option", "recovery_per_kill", "restore_sweep_s", "run"]
 
 OPTIONS = ("celery-redis", "celery-rabbitmq", "ray-tasks", "pool")
 RECOVERY_MARGIN_S = 2.0  # target: worst recovery ≤ redelivery time + this
-SLOW_FACTOR = 5.0  # a request in flight at a kill and this many times slower than the median was disrupted
 
 
 @dataclass
@@ -92,24 +92,6 @@ class OptionFaults:
         return d
 
 
-# region: recovery
-def recovery_per_kill(requests: Sequence[Request], kills: Sequence[float]) -> list[float]:
-    """For each kill time: how long until every request it disrupted had its answer (0: none disrupted).
-
-    Disrupted = in flight at the kill and slower than ``SLOW_FACTOR`` × the median request (or
-    failed). A request disrupted by several kills counts for each of them.
-    """
-    lat = sorted(r.latency_s for r in requests if r.ok)
-    typical = lat[len(lat) // 2] if lat else 0.0
-    slow = max(SLOW_FACTOR * typical, typical + 0.05)
-    out = []
-    for t in kills:
-        ends = [r.start + r.latency_s - t for r in requests if r.start <= t < r.start + r.latency_s and (not r.ok or r.latency_s > slow)]
-        out.append(max(ends, default=0.0))
-    return out
-
-
-# endregion
 
 
 class _Load:
