@@ -323,6 +323,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("10", "tf-serving-api", WHOLE),
     Section("12", "triton", WHOLE),
     Section("13", "litserve", WHOLE),
+    Section("11", "gpu", "§5 On a GPU: the same engine and trace on cuda, its tokens checked against the CPU loop"),
+    Section("11", "gpus-2", "§5 On 2 GPUs: the sharded decode on nccl, one rank per GPU"),
     Section("14", "celery", WHOLE),
     Section("14", "redis", "the Celery + Redis option: its row in the table, its points on the plots"),
     Section("14", "rabbitmq", "the Celery + RabbitMQ option: its row in the table, its points on the plots"),

@@ -180,3 +180,25 @@ def test_sharded_decode_on_two_ranks_matches_one_process(model: tinygpt.TinyGPT)
     assert result.kv_heads_per_rank == [2, 2] and sum(result.cache_bytes_per_rank) == result.cache_bytes_full
     assert result.decode_allreduce_s > 0 and result.prefill_allreduce_s > 0
     assert sharding.live_ranks() == []
+
+
+def test_ex11_checks_accept_solutions_and_explain_mistakes(capsys: pytest.CaptureFixture[str]) -> None:
+    from labkit.exercises import ExerciseFailed, ex11
+
+    m = ex11.EXERCISE_MODEL
+    right = m["n_layers"] * 2 * m["n_kv_heads"] * m["head_dim"] * m["dtype_bytes"] * m["batch"] * m["seq_len"]
+    assert ex11.check_kv_bytes(right)
+    assert not ex11.check_kv_bytes(None) and "not done yet" in capsys.readouterr().out
+    with pytest.raises(ExerciseFailed, match="KV heads are cached"):
+        ex11.check_kv_bytes(right * 4)
+    with pytest.raises(ExerciseFailed, match="key AND a value"):
+        ex11.check_kv_bytes(right // 2)
+    reqs = ex11.exercise_requests()
+    waste = kv_cache.contiguous_waste(trace.lengths(reqs), 64)
+    assert ex11.check_contiguous_waste(waste, reqs)
+    with pytest.raises(ExerciseFailed, match="share that holds tokens"):
+        ex11.check_contiguous_waste(1 - waste, reqs)
+    assert ex11.check_paged_waste(paged.paged_waste(trace.lengths(reqs), 4), reqs, block_size=4)
+    assert not ex11.check_paged_waste(..., reqs)
+    with pytest.raises(ExerciseFailed):
+        ex11.check_paged_waste(0.5, reqs)
