@@ -17,10 +17,10 @@ LAB_PORT ?= 8888
 ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 # The README's lab command; tests/test_make_lab.py starts `make lab` and opens the URL it prints.
 LAB_CMD = $(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser $(ALLOW_ROOT) --ServerApp.root_dir=notebooks
-# The student edition that `make test` executes: written fresh by each run, git-ignored (.cache/).
+# The whole student edition (`make student-test` executes it): written fresh by each run, git-ignored (.cache/).
 STUDENT_DIR ?= .cache/student-edition
 
-.PHONY: lab test venv bench student student-test clean-services help gpu-wheels gpu-wheels-lock
+.PHONY: lab test venv triton bench student student-test clean-services help gpu-wheels gpu-wheels-lock
 help:
 	@echo "make lab   - set up and open JupyterLab (127.0.0.1:$(LAB_PORT); prints the URL with its token)"
 	@echo "make test  - set up and run every test and notebook in fast mode"
@@ -38,34 +38,51 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps 'tensorflow-serving-api>=2.16'
 	@touch $(STAMP)
 
+# NVIDIA Triton (notebook 12) in its own venv: the nvidia-pytriton wheel bundles the real
+# tritonserver but pins numpy < 2, so it cannot share .venv (numpy 2). labkit.services.triton runs
+# the server with $(TRITON_VENV)/bin/python. Wheels exist for Linux x86_64 only; elsewhere
+# notebook 12 says so in one line (labkit.needs).
+TRITON_VENV ?= .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.labkit-installed
+PYTRITON ?= nvidia-pytriton==0.7.0
+triton: $(TRITON_STAMP)
+
+$(TRITON_STAMP):
+	@if [ "$$(uname -s)-$$(uname -m)" = Linux-x86_64 ]; then \
+		{ test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV); } && \
+		$(TRITON_VENV)/bin/python -m pip install -q --disable-pip-version-check "$(PYTRITON)" "numpy<2" "$(TORCH)" 2>/dev/null \
+		|| $(TRITON_VENV)/bin/python -m pip install -q --disable-pip-version-check "$(PYTRITON)" "numpy<2" "$(TORCH_RANGE)" || exit 1; \
+	else mkdir -p $(TRITON_VENV); echo "NVIDIA Triton: no nvidia-pytriton wheel for $$(uname -s) $$(uname -m); notebook 12 will say so"; fi
+	@touch $(TRITON_STAMP)
+
 # Set up once (the stamp makes the second run start at once), then open the lab. Jupyter prints
 # the URL with its login token (http://127.0.0.1:PORT/lab?token=...); a busy port gets the next one.
-lab: $(STAMP)
+lab: $(STAMP) triton
 	@echo "Starting JupyterLab in notebooks/ on 127.0.0.1 (Ctrl-C to stop): open the http://127.0.0.1:...?token=... URL it prints."
 	$(LAB_CMD)
 
-# The suite: unit and service tests, every notebook, then the student edition of every notebook
-# (unsolved exercises must say "not done yet", never crash). Three student copies are left out of
-# the nbval pass because a test executes each already, so each runs once: 00 in
-# tests/test_student_edition.py (unsolved, then solved), 06 and 14 in tests/test_degraded.py
-# (non-strict, with RabbitMQ, Java and the system Redis hidden: the newcomer's path, while the
-# instructor 06 and 14 run here with everything, strict under CI). The 25 slowest steps are listed
-# at the end, to keep the suite inside its time budget.
-STUDENT_RUN_ELSEWHERE := 00_setup_and_baselines 06_celery_fastapi 14_comparison_capstone
-test: $(STAMP)
-	rm -rf "$(STUDENT_DIR)" && $(VENV)/bin/labkit student "$(STUDENT_DIR)" > /dev/null
-	LABKIT_FAST=1 $(PY) -m pytest tests notebooks "$(STUDENT_DIR)" --nbval-lax --nbval-current-env \
-		$(foreach nb,$(STUDENT_RUN_ELSEWHERE),--ignore="$(STUDENT_DIR)/$(nb).ipynb") --durations=25 \
+# The suite: unit and service tests, then every notebook executed once as `labkit student --paired`
+# writes it: the lesson (the same cells in both editions: tests/test_exercises.py proves it), then
+# its exercises as the student edition has them (unsolved checks must say "not done yet", never
+# crash), then the same exercises solved (every check must pass). So each lesson runs once, not
+# twice. Whole student notebooks run in tests too: 00 in tests/test_student_edition.py (unsolved,
+# then solved), 06 and 14 in tests/test_degraded.py (non-strict, with RabbitMQ, Java and the system
+# Redis hidden: the newcomer's path). The 25 slowest steps are listed at the end, to keep the suite
+# inside its time budget.
+PAIRED_DIR ?= .cache/paired-edition
+test: $(STAMP) triton
+	rm -rf "$(PAIRED_DIR)" && $(VENV)/bin/labkit student --paired "$(PAIRED_DIR)" > /dev/null
+	LABKIT_FAST=1 $(PY) -m pytest tests "$(PAIRED_DIR)" --nbval-lax --nbval-current-env --durations=25 \
 		--nbval-cell-timeout=$(CELL_TIMEOUT) -p no:randomly $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) triton
 	$(VENV)/bin/labkit bench all --fast
 
 student: $(STAMP)
 	$(VENV)/bin/labkit student student-edition
 
-# Only the student edition's part of `make test` (unsolved exercises must say "not done yet").
-student-test: $(STAMP)
+# The student edition of every notebook, top to bottom (unsolved exercises must say "not done yet").
+student-test: $(STAMP) triton
 	rm -rf "$(STUDENT_DIR)" && $(VENV)/bin/labkit student "$(STUDENT_DIR)" > /dev/null
 	LABKIT_FAST=1 $(PY) -m pytest "$(STUDENT_DIR)" --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=$(CELL_TIMEOUT) -p no:randomly $(PYTEST_ARGS)

@@ -19,6 +19,8 @@ Layout — one folder per concern (the README's Layout section says the same):
                         gateway, the model server, the balancer, the TorchServe handler, the
                         TF-Serving-API stand-in (tfserving/); wire: the JSON each server speaks
     services/           start a real component and hand back a handle (url, pid, logs(), stop())
+    llm/                serving a language model: decode (greedy, KV cache), kv_cache, paged,
+                        trace, engine (static vs continuous batching), sweep, sharded decode
     kube/               Kubernetes: the HPA controller algorithm, the local emulator, kubectl
     bench/              ``labkit bench``: the target format and one module per benchmark
     gpu_check/          ``labkit gpu-check``: the GPU paths in one capped run, its wheels, its report

@@ -6,6 +6,7 @@
     labkit student OUT_DIR            write the student edition of the notebooks
     labkit tfserving --port=G --rest_api_port=P --model_name=M --model_base_path=DIR
     labkit gpu-check --out DIR        the GPU paths in one capped run on a GPU machine (--needs, --list)
+    labkit cluster up|status|down     a local multi-node cluster (Ray nodes, brokers, Celery hosts, servers)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def doctor(measure: bool = typer.Option(True, help="Measure peak matmul GFLOP/s 
 
 @app.command()
 def bench(
-    name: str = typer.Argument(..., help="baseline, pipeline, ensemble, sharding, data-parallel, celery, gateway, ray, hpa, torchserve, tfserving, or all"),
+    name: str = typer.Argument(..., help="baseline, pipeline, ensemble, sharding, data-parallel, celery, gateway, ray, hpa, torchserve, tfserving, faults, or all"),
     fast: bool = typer.Option(False, "--fast", help="Small sizes: the same code paths, quicker."),
     json_path: Path | None = typer.Option(None, "--json", help="Write results here (default: bench-<name>.json in the cache dir)."),
 ) -> None:
@@ -76,11 +77,12 @@ def services(
 def student(
     out_dir: Path = typer.Argument(..., help="Where to write the student edition."),
     src: Path = typer.Option(Path("notebooks"), help="Folder of the instructor notebooks."),
+    paired: bool = typer.Option(False, "--paired", help="Write what `make test` runs: each lesson once, then its exercises unsolved, then solved."),
 ) -> None:
     """Write the student edition: solutions replaced by stubs, outputs cleared, checks kept."""
-    from labkit.exercises.student import make_student_edition
+    from labkit.exercises.student import make_paired_edition, make_student_edition
 
-    for p in make_student_edition(src, out_dir):
+    for p in (make_paired_edition if paired else make_student_edition)(src, out_dir):
         typer.echo(f"wrote {p}")
 
 
@@ -98,6 +100,42 @@ def gpu_check(ctx: typer.Context) -> None:
     from labkit.gpu_check import main as run
 
     raise typer.Exit(run(list(ctx.args)))
+
+
+@app.command()
+def cluster(
+    action: str = typer.Argument(..., help="up, status or down"),
+    ray_nodes: int = typer.Option(2, help="Ray nodes (a head and N-1 workers); 0: no Ray."),
+    celery_workers: int = typer.Option(2, help="Celery workers per broker, each on its own host folder; 0: no Celery."),
+    rabbitmq: bool = typer.Option(True, help="A RabbitMQ broker (and its workers) besides Redis."),
+    torchserve: bool = typer.Option(True, help="A TorchServe server."),
+    tfserving: bool = typer.Option(True, help="A TF Serving server."),
+) -> None:
+    """Start, check or stop a local multi-node cluster; `up` prints the export lines a notebook needs."""
+    from labkit.cluster import harness
+
+    if action == "up":
+        if harness.current() is not None:
+            raise LabkitError("a cluster is already running: labkit cluster down first")
+        started = harness.up(ray_nodes, 1, celery_workers, rabbitmq, torchserve, tfserving, detach=True)
+        typer.echo(f"# {started}")
+        typer.echo(started.exports())
+        return
+    c = harness.current()
+    if c is None:
+        typer.echo("no local cluster is running")
+        raise typer.Exit(0 if action == "down" else 1)
+    if action == "status":
+        health = c.health()
+        for name, verdict in health.items():
+            typer.echo(f"{name:<22} {verdict}")
+        raise typer.Exit(0 if all(v == "ok" for v in health.values()) else 1)
+    if action == "down":
+        pids = c.pids()
+        killed = c.down()
+        typer.echo(f"stopped {len(pids)} processes" + (f" ({len(killed)} needed SIGKILL)" if killed else "") + "; none left")
+        return
+    raise LabkitError(f"unknown action {action!r}: use up, status or down")
 
 
 def main() -> None:

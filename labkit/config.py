@@ -14,6 +14,8 @@ Read inside the servers labkit starts (their launchers set them for the child):
     LABKIT_READY_DELAY_S    extra seconds before a replica's /readyz says ready (default 0)
     LABKIT_LB_RETRIES       how often the balancer retries a failed request on another endpoint
     LABKIT_LB_MODE          how the balancer picks an endpoint (the balancer checks the value)
+    LABKIT_CELERY_WORKERS   external: Celery workers already run on the broker (a cluster's hosts);
+                            notebooks use them instead of starting their own (default: start them)
 
     CELERY_BROKER_URL, CELERY_RESULT_BACKEND, REDIS_URL, RAY_ADDRESS, TORCHSERVE_URL,
     TFSERVING_URL, KUBECONFIG   use that real deployment instead of starting a local one
@@ -37,6 +39,7 @@ __all__ = [
     "balancer_mode",
     "balancer_retries",
     "cache_dir",
+    "celery_workers_external",
     "device_name",
     "external_url",
     "fast",
@@ -78,6 +81,7 @@ VARIABLES = (
     "LABKIT_READY_DELAY_S",
     "LABKIT_LB_RETRIES",
     "LABKIT_LB_MODE",
+    "LABKIT_CELERY_WORKERS",
 )
 
 
@@ -186,6 +190,14 @@ def balancer_retries(default: int) -> int:
 def balancer_mode(default: str) -> str:
     """LABKIT_LB_MODE as written (``default`` when unset); ``apps.balancer`` says which modes exist."""
     return os.environ.get("LABKIT_LB_MODE", "").strip() or default
+
+
+def celery_workers_external() -> bool:
+    """LABKIT_CELERY_WORKERS=external: use the Celery workers already consuming the broker, start none."""
+    raw = os.environ.get("LABKIT_CELERY_WORKERS", "").strip().lower()
+    if raw not in ("", "external", "local"):
+        raise BadInput(f"LABKIT_CELERY_WORKERS={raw!r}: use external (workers run elsewhere) or local (default)")
+    return raw == "external"
 
 
 def settings() -> Settings:

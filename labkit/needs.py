@@ -166,6 +166,12 @@ def _gpus(n: int) -> Callable[[], str | None]:
     return have
 
 
+def _triton_python() -> str | None:
+    from labkit.services import triton
+
+    return triton.python()
+
+
 def _cluster() -> Found:
     from labkit.kube import kubectl
 
@@ -281,6 +287,13 @@ COMPONENTS: dict[str, Component] = {
             "tf-serving-api", "TF Serving API protos", "the tensorflow-serving-api protos",
             Module("tensorflow_serving"), (Get("pip install --no-deps 'tensorflow-serving-api>=2.16'"),), kind="python",
         ),
+        Component(
+            "triton", "NVIDIA Triton", "tritonserver from the nvidia-pytriton wheel, in its own venv .venv-triton (it pins numpy < 2)",
+            Call(_triton_python, ".venv-triton with nvidia-pytriton not found"),
+            (Get("make triton", 'sys_platform == "linux" and platform_machine == "x86_64"'), Get("NVIDIA Triton has no wheel for this platform: run notebook 12 on Linux x86_64")),
+            kind="python",
+        ),
+        Component("litserve", "LitServe", "the LitServe package (Lightning AI's model server)", Module("litserve"), (Get(SERVE),), kind="python"),
     )
 }
 
@@ -308,6 +321,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("09", "java", f"{WHOLE} (TorchServe's frontend is a Java server)"),
     Section("10", "tensorflow", WHOLE),
     Section("10", "tf-serving-api", WHOLE),
+    Section("12", "triton", WHOLE),
+    Section("13", "litserve", WHOLE),
     Section("14", "celery", WHOLE),
     Section("14", "redis", "the Celery + Redis option: its row in the table, its points on the plots"),
     Section("14", "rabbitmq", "the Celery + RabbitMQ option: its row in the table, its points on the plots"),

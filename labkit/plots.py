@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from labkit.measure.timing import Timeline
+from labkit.measure.timing import Spread, Timeline
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -21,10 +21,12 @@ __all__ = [
     "gantt",
     "latency_cdf",
     "latency_vs_batch",
+    "legend_outside",
     "over_time",
     "replicas_over_time",
     "scaling",
     "throughput_vs",
+    "with_spread",
 ]
 
 STAGE_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
@@ -61,7 +63,7 @@ def gantt(timeline: Timeline, ax: Axes | None = None, title: str = "Who did what
     ax.set_title(title)
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color=color[s], label=s) for s in stages], loc="upper right", fontsize="small", ncols=min(len(stages), 4))
+    legend_outside(ax, handles=[Patch(color=color[s], label=s) for s in stages])
     ax.invert_yaxis()
     return ax
 
@@ -209,3 +211,54 @@ def replicas_over_time(t_s: Sequence[float], replicas: Sequence[int], load: tupl
 def annotate_device(ax: Axes, device: Any) -> None:
     """Write the device name in the corner of a plot, so a CPU run never passes for a GPU one."""
     ax.text(0.99, 0.01, f"device: {device}", transform=ax.transAxes, ha="right", va="bottom", fontsize="x-small", color="grey")
+
+
+def legend_outside(ax: Axes, **kwargs: Any) -> None:
+    """Put the legend to the right of the axes, never over the data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small", **kwargs)
+
+
+def with_spread(
+    series: Mapping[str, Mapping[float, Spread]],
+    ax: Axes | None = None,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+    log_x: bool = False,
+    bound: float | None = None,
+    bound_label: str = "bound",
+    integer_x: bool = True,
+    log_y: bool = False,
+) -> Axes:
+    """Median of each point with its spread drawn: IQR as error bars, min–max as a light band.
+
+    ``series`` maps a label to ``{x: Spread}`` (e.g. ``{"threads=2": {1: s1, 8: s8}}`` from
+    ``timing.compare`` / ``Spread.per``). The legend sits outside the data.
+    """
+    ax = _ax(ax, (7.0, 3.5))
+    for i, (label, points) in enumerate(series.items()):
+        xs = sorted(points)
+        med = [points[x].median for x in xs]
+        lo = [points[x].median - points[x].q1 for x in xs]
+        hi = [points[x].q3 - points[x].median for x in xs]
+        color = STAGE_COLORS[i % len(STAGE_COLORS)]
+        ax.fill_between(xs, [points[x].low for x in xs], [points[x].high for x in xs], color=color, alpha=0.15, linewidth=0)
+        ax.errorbar(xs, med, yerr=[lo, hi], fmt="o-", color=color, capsize=3, label=label)
+    if bound is not None:
+        ax.axhline(bound, color="C3", ls=":", label=bound_label)
+    if log_x:
+        ax.set_xscale("log", base=2)
+    if log_y:
+        from matplotlib.ticker import LogFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    if integer_x:
+        xs_all = sorted({x for points in series.values() for x in points})
+        ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    legend_outside(ax, title="median, IQR bars,\nmin–max band", title_fontsize="x-small")
+    return ax

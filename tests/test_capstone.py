@@ -1,4 +1,4 @@
-"""The capstone harness (notebook 14): adapters, load records, recovery, Pareto front, LOC, table, files."""
+"""The capstone harness (notebook 14): adapters, the front, load records, recovery, tables, advice, files."""
 
 from __future__ import annotations
 
@@ -6,38 +6,41 @@ import json
 import os
 import signal
 
-import numpy as np
-import psutil
 import pytest
 
 from labkit import data
 from labkit.errors import BadInput, ServiceUnavailable
 from labkit.exercises import ExerciseFailed, ex14
-from labkit.measure import capstone, recovery, report
+from labkit.measure import capstone, options, recovery, report
+from labkit.measure.capstone import OptionResult
 from labkit.measure.load import Request
 from labkit.models import digit_nets
+
+C = capstone.FIXED_CONCURRENCY
 
 
 @pytest.fixture(scope="module")
 def digits_and_model():  # type: ignore[no-untyped-def]
     d = data.load_digits()
     cnn = digit_nets.trained(digit_nets.TrainConfig(arch="cnn"), progress=False)
-    return d.x_test[:64], d.y_test[:64], cnn, digit_nets.predict(cnn, d.x_test[:64])
+    return d.x_test[:64], d.y_test[:64], cnn, {"cnn": digit_nets.predict(cnn, d.x_test[:64])}
 
 
 def _in_process(cnn):  # type: ignore[no-untyped-def]
     return lambda: capstone.Deployed(call=lambda x: int(digit_nets.predict(cnn, x[None])[0]), stop=lambda: None, in_process=True, kill_note="n/a")
 
 
-def test_in_process_option_is_measured_like_any_other(digits_and_model) -> None:  # type: ignore[no-untyped-def]
+def test_the_floor_is_measured_like_any_other_with_repeats_and_spread(digits_and_model) -> None:  # type: ignore[no-untyped-def]
     x, y, cnn, expected = digits_and_model
-    r = capstone.run_option("In-process", "In-process", _in_process(cnn), x, expected, (1, 4), [20, 40], 5.0, recovery_s=1.0, n_check=8, labels=y)
+    r = capstone.run_option("floor", "In-process", _in_process(cnn), x, expected, (1, 4), 0.3, 3, recovery_s=0.5, n_check=8, labels=y, kind="reference")
     assert r.available, r.reason
-    assert set(r.loads) == {1, 4} and r.loads[1]["n"] == 20 and r.loads[4]["n"] == 40
-    assert r.correct == "8/8 equal to in-process" and r.startup_s is not None
-    assert r.rss_mb and r.rss_mb > 10 and r.cpu_s_per_1k is not None and r.cpu_s_per_1k >= 0
-    assert r.recovery["note"] == "n/a" and r.recovery["recovery_s"] is None
-    assert len(r.latencies_s[4]) == 40
+    assert set(r.points) == {"cnn"} and set(r.points["cnn"]) == {1, 4} and r.notes["wide"].startswith("not measured")
+    p = r.at("cnn", 4)
+    assert p["repeats"] == 3 and p["seconds"] >= 0.8 and p["errors"] == 0
+    assert p["throughput_spread"]["min"] <= p["throughput_per_s"] <= p["throughput_spread"]["max"]
+    assert p["client_cpu_s_per_1k"] is None and p["server_cpu_s_per_1k"] >= 0  # in-process: one process, no separate client
+    assert r.correct["cnn"] == "8/8 equal to in-process" and r.startup_s is not None and r.rss_mb and r.rss_mb > 10
+    assert r.recovery["note"] == "n/a" and len(r.latencies_s["cnn"]) == sum(1 for _ in r.latencies_s["cnn"]) > 0
 
 
 def test_a_wrong_answer_is_a_failure_and_a_missing_service_an_unavailable_row(digits_and_model) -> None:  # type: ignore[no-untyped-def]
@@ -49,13 +52,13 @@ def test_a_wrong_answer_is_a_failure_and_a_missing_service_an_unavailable_row(di
         raise ServiceUnavailable("no broker here", "apt-get install it")
 
     with pytest.raises(AssertionError, match="equal the in-process"):
-        capstone.run_option("wrong", "Celery", wrong, x, expected, (1,), 5, 1.0, None)
+        capstone.run_option("wrong", "Celery", wrong, x, expected, (1,), 0.2, 1, None)
     assert stopped == [1]  # stopped even when it failed
-    r2 = capstone.run_option("missing", "Celery", missing, x, expected, (1,), 5, 1.0, None)
+    r2 = capstone.run_option("missing", "Celery", missing, x, expected, (1,), 0.2, 1, None)
     assert not r2.available and r2.reason == "no broker here — apt-get install it"
-    df = report.table([r2], (1,))
+    df = report.table([r2], "cnn", C)
     assert df.loc["missing", "status"] == "not available here: no broker here — apt-get install it"
-    assert df.loc["missing", "Best for"] == "distributed task queues"
+    assert df.loc["missing", "Best for"].startswith("distributed task queues [not tested here")
 
 
 @pytest.mark.service
@@ -71,32 +74,44 @@ def test_an_option_that_cannot_start_stops_what_it_started(digits_and_model) -> 
         started.append(redis.start(external=False))
         raise ServiceUnavailable("RabbitMQ is missing (epmd not found on PATH)", "get it: apt-get install -y rabbitmq-server")
 
-    r = capstone.run_option("Celery + RabbitMQ", "Celery", half_started, x, expected, (1,), 5, 1.0, None)
+    r = capstone.run_option("Celery + RabbitMQ", "Celery", half_started, x, expected, (1,), 0.2, 1, None)
     assert not r.available and r.reason.startswith("RabbitMQ is missing")
     assert started and not started[0].alive() and not process.started_here()
 
 
 @pytest.mark.service
-def test_pool_option_kill_breaks_the_pool_and_leaves_nothing(digits_and_model) -> None:  # type: ignore[no-untyped-def]
-    from labkit.patterns import pool as lp
+def test_the_recovering_pool_resubmits_after_a_worker_is_killed() -> None:
+    """What the front's ProcessPool row runs: ResilientPool.call from threads survives a SIGKILLed worker."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    x, y, cnn, expected = digits_and_model
-    pids: list[int] = []
+    from labkit.apps import front
+    from labkit.patterns.pool import ResilientPool
 
-    def deploy() -> capstone.Deployed:
-        pool = lp.start_pool(n_workers=2, model_names=("cnn",))
-        pids.extend(pool.pids)
+    x = data.load_digits().x_test[:1]
+    with ResilientPool(n_workers=1, model_names=("cnn",)) as pool:
+        first = pool.call(front.classify, "cnn", x)
+        os.kill(pool.pids[0], signal.SIGKILL)
+        with ThreadPoolExecutor(3) as ex:
+            again = list(ex.map(lambda _: pool.call(front.classify, "cnn", x), range(3)))
+        assert again == [first] * 3 and pool.restarts == 1
 
-        def predict(xi: np.ndarray) -> int:
-            return int(pool.executor.submit(lp.classify, "cnn", xi[None]).result()[0][0])
 
-        return capstone.Deployed(call=predict, stop=pool.stop, pids=lambda: pool.pids, kill=lambda: os.kill(pool.pids[0], signal.SIGKILL) or "w0")
+@pytest.mark.service
+def test_the_front_answers_every_client_and_rejects_bad_input() -> None:
+    import httpx
 
-    r = capstone.run_option("pool", "ProcessPoolExecutor", deploy, x, expected, (1, 4), 20, 5.0, recovery_s=1.0, n_check=4)
-    assert r.available, r.reason
-    assert r.rss_mb and r.rss_mb > 50  # two workers with torch
-    assert r.recovery["recovered"] is False and r.recovery["lost"] > 0  # BrokenProcessPool: it does not heal
-    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    from labkit.runtime import process
+    from labkit.services import front
+
+    fr = front.start("null")
+    try:
+        assert httpx.post(fr.predict_url("cnn"), json={"nope": 1}, timeout=30).status_code == 400
+        assert httpx.post(fr.url + "/predict/other", json={"inputs": [[0.0] * 64]}, timeout=30).status_code == 404
+        costs = capstone.compare_clients(fr.predict_url("wide"), {"inputs": [[0.0] * 64], "tta": 1}, 4, 0.3, rounds=1)
+        assert set(costs) == {"httpx", "aiohttp"} and all(v["cpu_s_per_1k"] > 0 and v["throughput_per_s"] > 0 for v in costs.values())
+    finally:
+        fr.stop()
+    assert not process.started_here()
 
 
 def _req(start: float, latency: float, ok: bool = True) -> Request:
@@ -124,11 +139,32 @@ def test_pareto_front() -> None:
     assert report.pareto_front({"x": (1.0, 1.0), "y": (1.0, 1.0)}) == ["x", "y"]  # ties dominate nothing
 
 
-def test_count_loc_and_deploy_loc() -> None:
+def test_count_loc_and_the_options_deploy_code() -> None:
     cell = "# deploy: Thing\n\ndef deploy():\n    # a comment\n    x = 1\n\n    return x\n%time 1\n"
     assert report.count_loc(cell) == 3
-    cells = ["x = 1", cell, "# deploy: Other\na = 1", "# deploy: Thing\none_line()"]
-    assert report.deploy_loc(cells) == {"Thing": 1, "Other": 1}  # the re-run cell wins
+    assert report.deploy_loc(["x = 1", cell, "# deploy: Other\na = 1", "# deploy: Thing\none_line()"]) == {"Thing": 1, "Other": 1}
+    rows = {o.name: o for o in options.options()}
+    loc = {name: options.deploy_loc(o) for name, o in rows.items()}
+    assert all(n > 0 for n in loc.values()), loc
+    kube = rows["Kubernetes Service, no retries (emulated)"]
+    manifests = sum(report.count_loc((options.DEPLOY_DIR / f).read_text()) for f in options.KUBE_FILES)
+    assert "Dockerfile" in kube.files and loc[kube.name] > manifests > 50  # the YAML and the Dockerfile count
+
+
+def test_every_row_says_what_it_is() -> None:
+    rows = options.options()
+    names = [o.name for o in rows]
+    assert len(set(names)) == len(names)
+    for o in rows:
+        if o.kind == "emulated":
+            assert "emulated" in o.name, o.name
+        if o.kind == "stand-in":
+            assert "stand-in" in o.name, o.name
+    assert options.TF_STAND_IN == "TF Serving stand-in (labkit, follows 2.20.0)" and options.TF_STAND_IN in names
+    assert {"In-process, no HTTP (floor)", "HTTP front, no model (null-server ceiling)"} <= {o.name for o in rows if o.kind == "reference"}
+    kube = [o for o in rows if o.family == "Kubernetes"]
+    assert len(kube) == 2 and any("retr" in o.name and "client's choice" in o.name for o in kube)
+    assert any("ProcessPool" in o.name and "recovering" in o.name for o in rows)
 
 
 def test_deployed_checks_its_arguments_and_codecs() -> None:
@@ -136,26 +172,72 @@ def test_deployed_checks_its_arguments_and_codecs() -> None:
         capstone.Deployed(stop=lambda: None)
     with pytest.raises(BadInput):
         capstone.Deployed(stop=lambda: None, url="http://127.0.0.1:1/x", codec="nope")
+    d = capstone.Deployed(stop=lambda: None, url="http://127.0.0.1:1/a", wide_url="http://127.0.0.1:1/b", codec="model-server")
+    assert d.workloads() == ["cnn", "wide"] and d.target("wide")[:2] == ("http://127.0.0.1:1/b", "model-server")
     assert capstone.CODECS["gateway"].encode(data.load_digits().x_test[0])["timeout_s"] == capstone.GATEWAY_TIMEOUT_S
+    with pytest.raises(BadInput):
+        OptionResult("x", "Celery", kind="imaginary")
 
 
-def test_table_plots_files_and_advice(digits_and_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def _point(tp: float, p99: float, client: float | None = 0.3, server: float = 1.0) -> dict:  # type: ignore[type-arg]
+    return {"n": 2000, "repeats": 2, "seconds": 4.0, "errors": 0, "throughput_per_s": tp, "throughput_spread": {"median": tp, "min": tp * 0.9, "max": tp * 1.1},
+            "p50_ms": p99 / 3, "p99_ms": p99, "p99_spread": {"median": p99, "min": p99 * 0.9, "max": p99 * 1.2}, "client_cpu_s_per_1k": client, "server_cpu_s_per_1k": server}
+
+
+def _fake_results() -> list[OptionResult]:
+    def opt(name: str, family: str, kind: str, cnn: tuple[float, float], wide: tuple[float, float] | None, **kw) -> OptionResult:  # type: ignore[no-untyped-def]
+        r = OptionResult(name, family, kind=kind, what="w", startup_s=1.0, rss_mb=100.0, loc=kw.pop("loc", 10), **kw)
+        r.points = {"cnn": {C: _point(*cnn)}, **({"wide": {C: _point(*wide)}} if wide else {})}
+        r.latencies_s = {w: [0.001, 0.002, 0.01] for w in r.points}
+        if not wide:
+            r.notes["wide"] = "not measured: this option serves the digit CNN only here"
+        r.http = family != "In-process" or "front" in name
+        return r
+
+    return [
+        opt("In-process, no HTTP (floor)", "In-process", "reference", (5000, 5), (50, 400)),
+        opt("HTTP front, no model (null-server ceiling)", "Null server", "reference", (1000, 30), (1000, 30)),
+        opt("HTTP front + in-process model", "In-process", "real", (300, 100), (10, 2000), loc=2),
+        opt("Ray Serve", "Ray", "real", (200, 150), (60, 400), recovery={"recovery_s": 1.5, "lost": 0, "recovered": True}),
+        opt("Kubernetes Service, no retries (emulated)", "Kubernetes", "emulated", (900, 20), None, loc=160, recovery={"recovery_s": 0.1, "lost": 3, "recovered": True}),
+        opt(options.TF_STAND_IN, "TF Serving", "stand-in", (950, 10), (500, 20), loc=1),
+        OptionResult("TorchServe", "TorchServe", available=False, reason="Java is missing (java not found)"),
+    ]
+
+
+def test_tables_label_every_row_and_name_the_fixed_concurrency(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import matplotlib
 
     matplotlib.use("Agg")
-    x, y, cnn, expected = digits_and_model
-    r = capstone.run_option("In-process", "In-process", _in_process(cnn), x, expected, (1, 2), 10, 2.0, None, n_check=4)
-    r.loc = 4
-    other = capstone.OptionResult("Broken", "TF Serving", available=False, reason="nope")
-    df = report.table([r, other], (1, 2))
-    assert list(df.columns[:3]) == ["Best for", "Advantages", "Drawbacks"] and df.loc["In-process", "deploy LOC"] == 4
-    fig = report.plot_all([r, other])
-    paths = report.save([r, other], df, fig, folder=tmp_path)
-    assert {p.suffix for p in paths.values()} == {".json", ".csv", ".png"}
+    results = _fake_results()
+    cnn, wide = report.table(results, "cnn", C), report.table(results, "wide", C)
+    for df in (cnn, wide):
+        latency = [c for c in df.columns if "ms" in c or "req/s" in c or "CPU" in c or "ceiling" in c]
+        assert latency and all(c.endswith(f"@ {C} clients") for c in latency), latency
+        assert {f"p99 ms @ {C} clients", f"p50 ms @ {C} clients", f"req/s @ {C} clients", f"client CPU s / 1k req @ {C} clients", f"server CPU s / 1k req @ {C} clients"} <= set(df.columns)
+        assert df.loc["Kubernetes Service, no retries (emulated)", "kind"].startswith("EMULATED")
+        assert df.loc[options.TF_STAND_IN, "kind"].startswith("STAND-IN")
+        assert df.loc["HTTP front, no model (null-server ceiling)", "kind"].startswith("reference")
+        assert df.loc["TorchServe", "status"].startswith("not available here: Java is missing")
+        assert "not tested here" in df.loc[options.TF_STAND_IN, "Advantages"]
+    assert wide.loc["Kubernetes Service, no retries (emulated)", "status"] == "not measured: this option serves the digit CNN only here"
+    assert cnn.loc["Ray Serve", f"share of null-server ceiling @ {C} clients"] == pytest.approx(0.2)
+    assert report.ceiling_shares(results, "cnn", C)["HTTP front + in-process model"] == pytest.approx(0.3)
+    fig = report.plot_all(results, C)
+    paths = report.save(results, {"cnn": cnn, "wide": wide}, fig, folder=tmp_path)
+    assert {p.suffix for p in paths.values()} == {".json", ".csv", ".png"} and "csv-wide" in paths
     saved = json.loads(paths["json"].read_text())
-    assert saved["options"][0]["loads"]["1"]["n"] == 10 and saved["options"][1]["reason"] == "nope"
-    text = " ".join(report.advice([r, other]))
-    assert "In-process" in text and f"{r.best()['throughput_per_s']:.0f}" in text
+    assert saved["options"][3]["points"]["cnn"][str(C)]["n"] == 2000 and saved["options"][6]["reason"].startswith("Java")
+
+
+def test_advice_answers_each_question_from_real_rows_only() -> None:
+    text = report.advice(_fake_results(), C)
+    joined = " ".join(text)
+    winners = [part.split("**")[0] for s in text for part in s.split(": **")[1:]]
+    assert winners and not any("emulated" in w or "stand-in" in w or "ceiling" in w or "floor" in w for w in winners), winners
+    assert "lowest p99" in joined and "requests per server CPU-second" in joined and "Fastest recovery" in joined and "Least code to deploy" in joined
+    assert "digit CNN" in joined and "wide bf16" in joined  # both workloads
+    assert "Kubernetes needs 160 lines" in joined and "Left out of every question above" in joined and options.TF_STAND_IN in joined
 
 
 def test_exercise_checks() -> None:
@@ -174,7 +256,12 @@ def test_exercise_checks() -> None:
         ex14.check_budget_choice("A", loads, 50.0)
 
 
-def test_notebook_sources_count_the_capstone_deploy_cells() -> None:
-    loc = report.deploy_loc(report.notebook_sources("14_comparison_capstone.ipynb"))
-    assert len(loc) == 9 and all(n > 0 for n in loc.values()), loc
-    assert report.notebook_sources("no_such_notebook.ipynb") == []
+def test_the_notebook_runs_every_option_of_the_list() -> None:
+    import nbformat
+
+    nb = nbformat.read(options.DEPLOY_DIR.parent / "notebooks" / "14_comparison_capstone.ipynb", as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    for o in options.options():
+        if o.name != options.TF_STAND_IN:
+            assert f'measure("{o.name}"' in code, o.name
+    assert "measure(options.TF_STAND_IN" in code

@@ -36,9 +36,9 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("start", ["notebooks", "student-edition", ".cache/student-edition", "deploy/k8s/base", "."])
+@pytest.mark.parametrize("start", ["notebooks", "student-edition", ".cache/student-edition", ".cache/paired-edition", "deploy/k8s/base", "."])
 def test_deploy_dir_from_any_depth(start: str) -> None:
-    """08 finds deploy/ from its own folder at any depth (make test runs .cache/student-edition)."""
+    """08 finds deploy/ from its own folder at any depth (make test runs .cache/paired-edition)."""
     assert kubectl.deploy_dir(DEPLOY.parent / start) == DEPLOY
 
 

@@ -8,7 +8,7 @@ import pytest
 from labkit.bench.baseline import SweepPoint
 from labkit.errors import BadInput
 from labkit.exercises import ExerciseFailed, ex00, verdict
-from labkit.exercises.student import STUB, make_student_edition, strip_solutions
+from labkit.exercises.student import BEGIN, END, STUB, lesson_end, make_paired_edition, make_student_edition, strip_solutions
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 
@@ -74,3 +74,29 @@ def test_one_placeholder_rule_for_every_check() -> None:
 
     copies = [f"{p.name}:{n}" for p in sorted(Path(pkg.__file__).parent.glob("ex*.py")) for n, line in enumerate(p.read_text().splitlines(), 1) if "Ellipsis" in line]
     assert not copies, f"use exercises.is_unanswered instead of testing for None/Ellipsis: {copies}"
+
+
+def test_paired_edition_runs_each_lesson_once_then_both_editions_of_its_exercises(tmp_path: Path) -> None:
+    """What `make test` executes: the lesson (the same cells in both editions), exercises unsolved, then solved."""
+    paired = {p.name: p for p in make_paired_edition(NOTEBOOKS, tmp_path / "paired")}
+    students = {p.name: p for p in make_student_edition(NOTEBOOKS, tmp_path / "student")}
+    assert paired.keys() == students.keys() == {p.name for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")}
+    for name, path in paired.items():
+        instructor = nbformat.read(NOTEBOOKS / name, as_version=4).cells
+        student = nbformat.read(students[name], as_version=4).cells
+        end = lesson_end(instructor, name)
+        assert [c.source for c in student[:end]] == [c.source for c in instructor[:end]], f"{name}: the lesson differs between editions"
+        cells = [c.source for c in nbformat.read(path, as_version=4).cells]
+        n = len(instructor) - end
+        assert cells[:end] == [c.source for c in instructor[:end]]
+        assert cells[end + 1 : end + 1 + n] == [c.source for c in student[end:]], f"{name}: unsolved exercises"
+        assert cells[end + 2 + n :] == [c.source for c in instructor[end:]], f"{name}: solved exercises"
+        assert any(STUB in s for s in cells[end + 1 : end + 1 + n]) and any(BEGIN in s for s in cells[end + 2 + n :])
+
+
+def test_lesson_end_refuses_a_solution_before_the_exercises() -> None:
+    cells = [nbformat.v4.new_code_cell(f"{BEGIN}\nx = 1\n{END}"), nbformat.v4.new_markdown_cell("## Exercises")]
+    with pytest.raises(BadInput, match="before the '## Exercises' heading"):
+        lesson_end(cells, "nb")
+    with pytest.raises(BadInput, match="no '## Exercises' heading"):
+        lesson_end(cells[1:0], "nb")

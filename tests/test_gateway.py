@@ -133,3 +133,43 @@ def test_500_malformed_requests_get_4xx_and_the_gateway_keeps_serving(gw: gatewa
         assert client.get("/healthz").status_code == 200
         ok = client.post("/predict", json={"images": x})
         assert ok.status_code == 200 and len(ok.json()["pred"]) == 1
+
+
+def test_noop_metrics_and_no_resubmission_when_nothing_is_lost(gw: gateway.GatewayHandle) -> None:
+    x, _ = _images(2)
+    assert gw.post("/noop", json={"images": x}).json() == {"ok": True}
+    before = gw.get("/metrics").json()
+    for _ in range(5):
+        assert gw.post("/predict", json={"images": x, "model": "mlp", "trace": True}, timeout=30).status_code == 200
+    m = gw.get("/metrics", params={"reset": 1}).json()
+    assert m["at_least_once"]["submitted"] - before["at_least_once"]["submitted"] == 5
+    assert m["at_least_once"]["resubmitted"] == 0 and m["at_least_once"]["waiting"] == 0
+    assert m["loop_lag"]["n"] > 0 and m["resubmit_after_s"] > ct.VISIBILITY_TIMEOUT_S
+
+
+def test_property_bad_bodies_get_a_clear_4xx_and_a_valid_one_is_still_answered(gw: gateway.GatewayHandle) -> None:
+    """Hypothesis: garbage, truncated JSON, wrong types, NaN/inf pixels → a 4xx naming the problem."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    x, x_np = _images(1)
+    text = json.dumps({"images": x})
+    scalars = st.one_of(st.none(), st.booleans(), st.text(max_size=4), st.integers(), st.floats(allow_nan=True, allow_infinity=True))
+    values = st.recursive(scalars, lambda c: st.one_of(st.lists(c, max_size=5), st.dictionaries(st.text(max_size=4), c, max_size=3)), max_leaves=30)
+    bodies = st.one_of(
+        st.integers(1, len(text) - 1).map(lambda n: text[:n].encode()),  # truncated
+        st.binary(max_size=120),  # garbage
+        values.map(lambda v: json.dumps({"images": v}, allow_nan=True).encode()),  # wrong types
+        st.sampled_from([float("nan"), float("inf"), -float("inf")]).map(lambda v: json.dumps({"images": [[v] * 64]}, allow_nan=True).encode()),
+    )
+    with httpx.Client(base_url=gw.url, timeout=30, headers={"content-type": "application/json"}) as client:
+
+        @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(body=bodies)
+        def check(body: bytes) -> None:
+            resp = client.post("/predict", content=body)
+            assert 400 <= resp.status_code < 500 and resp.json()["detail"], (resp.status_code, resp.text[:200], body[:80])
+
+        check()
+        ok = client.post("/predict", json={"images": x})
+        assert ok.status_code == 200 and ok.json()["pred"] == digit_nets.predict(ct.load_models()["cnn"], x_np).tolist()  # type: ignore[arg-type]

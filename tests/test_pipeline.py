@@ -168,3 +168,14 @@ def test_exercise_checks(reference: pipeline.PipelineRun) -> None:
         ex01.check_bottleneck_replica("denoise", times, reference, reference)
     with pytest.raises(ExerciseFailed, match="2 replicas"):
         ex01.check_bottleneck_replica("detect", times, reference, reference)
+
+
+def test_against_bound_judges_each_run_by_the_stage_timings_around_it(scenes: data.Scenes, reference: pipeline.PipelineRun) -> None:
+    items = pipeline.to_batches(scenes.images, 8)
+    checked = pipeline.against_bound(pipeline.scene_stages(), items, repeats=2)
+    assert len(checked.runs) == len(checked.bounds_per_s) == len(checked.ratios) == 2
+    assert checked.scenes_per_item == 8 and checked.slowest in checked.stage_s
+    assert checked.ratio == pytest.approx(float(np.median(checked.ratios)))
+    assert checked.runs[0].n_scenes == N_SCENES and set(checked.inside_s()) == set(checked.stage_s)
+    assert _same(checked.run.flat(), reference.flat())  # same predictions, in order
+    assert all(b > 0 for b in checked.bounds_per_s) and not _pipeline_threads()

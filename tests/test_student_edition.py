@@ -1,7 +1,7 @@
 """The student edition runs top to bottom with "not done yet" feedback, and solutions filled back
 in make every check pass again. Executed here for notebook 00 (the cheapest), both ways; the
-student edition of every notebook is checked statically in test_exercises.py and executed unsolved
-by `make test` under nbval (written to .cache/student-edition/; 00 is left out there, it runs here)."""
+student edition of every notebook is checked statically in test_exercises.py, and `make test`
+executes every notebook's exercises unsolved, then solved (the paired edition, .cache/paired-edition/)."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from labkit import data
 from labkit.errors import ServiceUnavailable
@@ -83,15 +86,20 @@ def test_row_and_columnar_predict_agree_and_are_accurate(tfs: tfserving.TFServin
     [
         ("/v1/models/nope:predict", {"instances": [[0.0] * 64]}, 404, "Servable not found for request: Latest(nope)"),
         ("/v1/models/digits/versions/7:predict", {"instances": [[0.0] * 64]}, 404, "Servable not found for request: Specific(digits, 7)"),
-        ("/v1/models/digits/labels/stable:predict", {"instances": [[0.0] * 64]}, 404, "Unrecognized servable version label: stable"),
+        ("/v1/models/digits/labels/stable:predict", {"instances": [[0.0] * 64]}, 400, "Unrecognized servable version label: stable"),
         ("/v1/models/digits:predict", {"rows": []}, 400, "Missing 'inputs' or 'instances' key"),
-        ("/v1/models/digits:predict", {"instances": [[0.0] * 64], "inputs": [[0.0] * 64]}, 400, "not both"),
-        ("/v1/models/digits:predict", {"instances": [[0.0] * 10]}, 400, "expects [None, 64]"),
-        ("/v1/models/digits:predict", {"instances": [["a"] * 64]}, 400, "cannot be read as float32"),
-        ("/v1/models/digits:predict", {"instances": [[0.0] * 64, [0.0] * 3]}, 400, "regular"),
-        ("/v1/models/digits:predict", {"instances": []}, 400, "non-empty"),
-        ("/v1/models/digits:predict", {"signature_name": "nope", "instances": [[0.0] * 64]}, 400, 'Serving signature name: "nope" not found'),
-        ("/v1/models/digits:predict", [1, 2, 3], 400, "JSON object"),
+        ("/v1/models/digits:predict", {"instances": [[0.0] * 64], "inputs": [[0.0] * 64]}, 400, "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist"),
+        ("/v1/models/digits:predict", {"instances": [[0.0] * 10]}, 400, "incompatible with the signature's shape [?,64]"),
+        ("/v1/models/digits:predict", {"instances": [["a"] * 64]}, 400, 'JSON Value: "a" Type: String is not of expected type: float'),
+        ("/v1/models/digits:predict", {"inputs": [["a"] * 64]}, 400, 'JSON Value: "a" Type: String is not of expected type: float'),
+        ("/v1/models/digits:predict", {"inputs": [[True] * 64]}, 400, "JSON Value: true Type: True is not of expected type: float"),
+        ("/v1/models/digits:predict", {"instances": [[0.0] * 64, [0.0] * 3]}, 400, "Expecting tensor size: 64 but got: 3"),
+        ("/v1/models/digits:predict", {"inputs": [[0.0] * 64, [0.0] * 3]}, 400, "Encountered list at unexpected size: 3 at level: 1 expected size: 64"),
+        ("/v1/models/digits:predict", {"instances": []}, 400, "No values in 'instances' array"),
+        ("/v1/models/digits:predict", {"signature_name": "nope", "instances": [[0.0] * 64]}, 400, 'Serving signature name: "nope" not found in signature def'),
+        ("/v1/models/digits:predict", [1, 2, 3], 400, "JSON Value: [1, 2, 3] Is not object"),
+        ("/v1/models/digits:classify", {"examples": [{"x": 1.0}]}, 400, "No classification inputs found in SignatureDef: "),
+        ("/v1/models/digits:regress", {"examples": [{"x": 1.0}]}, 400, "Expected one output Tensor."),
     ],
 )
 def test_rest_errors(tfs: tfserving.TFServingHandle, path: str, body: object, status: int, message: str) -> None:
@@ -103,7 +111,7 @@ def test_rest_errors(tfs: tfserving.TFServingHandle, path: str, body: object, st
 def test_not_json_and_wrong_method(tfs: tfserving.TFServingHandle) -> None:
     r = httpx.post(tfs.predict_url(), content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"].startswith("JSON Parse error")
-    assert httpx.get(tfs.predict_url()).status_code == 405
+    assert httpx.get(tfs.predict_url()).status_code == 400  # GET with a verb: Malformed request
     assert httpx.get(f"{tfs.url}/v1/models/digits/versions/9").status_code == 404
     # after all those errors the server still serves
     assert httpx.post(tfs.predict_url(), json={"instances": [X[0].tolist()]}).status_code == 200
@@ -145,6 +153,17 @@ with grpc.insecure_channel(target) as ch:
         stub.Predict(req, timeout=10)
     except grpc.RpcError as exc:
         errors.append(exc.code().name)
+    req.model_spec.signature_name = "nope"
+    try:
+        stub.Predict(req, timeout=10)
+    except grpc.RpcError as exc:
+        errors.append(exc.code().name + ": " + exc.details())
+    req.model_spec.signature_name = ""
+    req.model_spec.version_label = "nope"
+    try:
+        stub.Predict(req, timeout=10)
+    except grpc.RpcError as exc:
+        errors.append(exc.code().name + ": " + exc.details())
     out["errors"] = errors
 print(json.dumps(out))
 """
@@ -157,7 +176,14 @@ def test_grpc_with_the_official_stubs(tfs: tfserving.TFServingHandle) -> None:
     import sys
 
     rest = httpx.post(tfs.predict_url(), json={"inputs": X[:5].tolist()}).json()["outputs"]
-    run = subprocess.run([sys.executable, "-c", GRPC_CLIENT, str(tfs.grpc_target)], input=json.dumps(X[:5].tolist()), capture_output=True, text=True, timeout=180, env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    run = subprocess.run(
+        [sys.executable, "-c", GRPC_CLIENT, str(tfs.grpc_target)],
+        input=json.dumps(X[:5].tolist()),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert got["version"] == 2
@@ -165,7 +191,8 @@ def test_grpc_with_the_official_stubs(tfs: tfserving.TFServingHandle) -> None:
     np.testing.assert_allclose(np.array(got["probabilities"]), np.array(rest["probabilities"]), rtol=1e-5, atol=1e-6)
     assert got["status"] == [[2, "AVAILABLE"]]
     assert got["inputs"] == ["pixels"]
-    assert got["errors"] == ["NOT_FOUND", "INVALID_ARGUMENT"]
+    # upstream predict_util.cc: unknown signature is FAILED_PRECONDITION; server_core.cc: unknown label INVALID_ARGUMENT
+    assert got["errors"] == ["NOT_FOUND", "INVALID_ARGUMENT", 'FAILED_PRECONDITION: Serving signature key "nope" not found.', "INVALID_ARGUMENT: Unrecognized servable version label: nope"]
 
 
 def test_server_side_batching_merges_concurrent_requests(tfs: tfserving.TFServingHandle) -> None:
@@ -187,10 +214,11 @@ def test_new_version_is_served_without_restart(tfs: tfserving.TFServingHandle, m
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             status = httpx.get(f"{tfs.url}/v1/models/digits").json()["model_version_status"]
-            if [s["version"] for s in status] == ["5"]:
+            if [s["version"] for s in status if s["state"] == "AVAILABLE"] == ["5"]:
                 break
             time.sleep(0.2)
-        assert [s["version"] for s in status] == ["5"], status
+        assert [s["version"] for s in status if s["state"] == "AVAILABLE"] == ["5"], status
+        assert {"version": "2", "state": "END", "status": {"error_code": "OK", "error_message": ""}} in status, "an unloaded version stays listed as END"
         assert httpx.post(tfs.predict_url(), json={"instances": [X[0].tolist()]}).status_code == 200
     finally:
         shutil.rmtree(model_dir / "5", ignore_errors=True)
@@ -203,7 +231,9 @@ def test_version_policy_and_labels_from_a_model_config_file(tfs_config: tfservin
     stable = httpx.post(tfs_config.predict_url(label="stable"), json={"inputs": X[:100].tolist()}).json()["outputs"]["probabilities"]
     canary = httpx.post(tfs_config.predict_url(label="canary"), json={"inputs": X[:100].tolist()}).json()["outputs"]["probabilities"]
     assert np.allclose(one, stable) and not np.allclose(one, canary), "labels must route to their versions"
-    assert httpx.get(f"{tfs_config.url}/v1/models/digits/labels/canary").json()["model_version_status"][0]["version"] == "2"
+    # get_model_status_impl.cc consults no label: a label's status is the whole model's, even an unknown label
+    for label in ("canary", "nope"):
+        assert [s["version"] for s in httpx.get(f"{tfs_config.url}/v1/models/digits/labels/{label}").json()["model_version_status"]] == ["2", "1"]
 
 
 def test_sigkill_is_detected_by_the_handle(model_dir: Path) -> None:
@@ -249,3 +279,106 @@ def test_batcher_never_exceeds_max_batch_size_and_answers_every_request(threads:
         batcher.close()
     assert max(calls) <= 8 and sum(calls) == sum(sizes)
     assert len(calls) < len(sizes), "some requests were merged"
+
+
+# ---------------------------------------------------------------- http_rest_api_handler_test.cc (2.20.0), on a loaded model
+
+
+def test_upstream_predict(tfs_config: tfserving.TFServingHandle) -> None:
+    """TEST_F(HttpRestApiHandlerTest, Predict): latest, a version, a label, an explicit signature_name, columnar."""
+    base = f"{tfs_config.url}/v1/models/digits"
+    x = X[:2].tolist()
+    latest = httpx.post(f"{base}:predict", json={"instances": x})
+    assert latest.status_code == 200 and latest.headers["content-type"] == "application/json"
+    v2 = httpx.post(f"{base}/versions/2:predict", json={"instances": x}).json()
+    by_label = httpx.post(f"{base}/labels/canary:predict", json={"instances": x}).json()
+    named = httpx.post(f"{base}/versions/2:predict", json={"signature_name": "serving_default", "instances": x}).json()
+    assert latest.json() == v2 == by_label == named
+    columnar = httpx.post(f"{base}/versions/2:predict", json={"signature_name": "serving_default", "inputs": x}).json()
+    assert columnar["outputs"]["classes"] == [p["classes"] for p in v2["predictions"]]
+
+
+def test_upstream_predict_request_errors(tfs_config: tfserving.TFServingHandle) -> None:
+    """TEST_F(HttpRestApiHandlerTest, PredictRequestErrors): wrong element type; an unknown label is checked first."""
+    base = f"{tfs_config.url}/v1/models/digits"
+    r = httpx.post(f"{base}:predict", json={"instances": ["x", "y"]})
+    assert r.status_code == 400 and "not of expected type: float" in r.json()["error"]
+    r = httpx.post(f"{base}/labels/Version_Nonexistent:predict", json={"instances": ["x", "y"]})
+    assert r.status_code == 400 and "Unrecognized servable version label" in r.json()["error"]
+
+
+def test_upstream_get_status(tfs_config: tfserving.TFServingHandle) -> None:
+    """TEST_F(HttpRestApiHandlerTest, GetStatus): all versions, one version, by label (= all versions)."""
+    ok = {"error_code": "OK", "error_message": ""}
+    base = f"{tfs_config.url}/v1/models/digits"
+    both = {"model_version_status": [{"version": "2", "state": "AVAILABLE", "status": ok}, {"version": "1", "state": "AVAILABLE", "status": ok}]}
+    assert httpx.get(base).json() == both
+    assert httpx.get(f"{base}/versions/1").json() == {"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": ok}]}
+    assert httpx.get(f"{base}/labels/stable").json() == both
+
+
+def test_upstream_get_model_metadata(tfs_config: tfserving.TFServingHandle) -> None:
+    """TEST_F(HttpRestApiHandlerTest, GetModelMetadata): the SavedModel's own SignatureDefMap, init op included."""
+    meta = httpx.get(f"{tfs_config.url}/v1/models/digits/metadata").json()
+    assert meta["model_spec"] == {"name": "digits", "signature_name": "", "version": "2"}
+    sigs = meta["metadata"]["signature_def"]["signature_def"]
+    assert set(sigs) == {"serving_default", "__saved_model_init_op"}
+    assert sigs["serving_default"]["method_name"] == "tensorflow/serving/predict"
+    assert sigs["serving_default"]["inputs"]["pixels"]["name"] == "serving_default_pixels:0"
+    assert httpx.get(f"{tfs_config.url}/v1/models/digits/labels/stable/metadata").json()["model_spec"]["version"] == "1"
+    assert httpx.get(f"{tfs_config.url}/v1/models/digits/labels/nope/metadata").status_code == 400
+
+
+def test_upstream_classify_and_regress_on_a_model_without_those_signatures(tfs_config: tfserving.TFServingHandle) -> None:
+    """TEST_F(HttpRestApiHandlerTest, Classify/Regress), on the digits model (predict signature only): upstream's 400s."""
+    base = f"{tfs_config.url}/v1/models/digits"
+    body = {"examples": [{"x": 20.0}]}
+    c = httpx.post(f"{base}:classify", json=body)
+    assert c.status_code == 400 and c.json()["error"].startswith('No classification inputs found in SignatureDef: inputs {\n  key: "pixels"')
+    r = httpx.post(f"{base}/labels/stable:regress", json=body)
+    assert r.status_code == 400 and r.json()["error"] == "Expected one output Tensor."
+    s = httpx.post(f"{base}:classify", json={"signature_name": "nope", **body})
+    assert s.status_code == 400 and s.json()["error"] == "No signature was found with the name: nope"
+
+
+_JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=5))
+_JSON = st.recursive(_JSON_LEAF, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=20)
+
+
+@st.composite
+def _bad_bodies(draw: st.DrawFn) -> bytes:
+    valid = json.dumps({"instances": [X[0].tolist()]}).encode()
+    kind = draw(st.sampled_from(["truncated", "bytes", "json", "wrong_type", "nan_row", "oversized_row", "deep"]))
+    if kind == "truncated":
+        return valid[: draw(st.integers(0, len(valid) - 2))]
+    if kind == "bytes":
+        return draw(st.binary(max_size=64))
+    if kind == "json":
+        return json.dumps(draw(_JSON)).encode()
+    if kind == "wrong_type":
+        key = draw(st.sampled_from(["instances", "inputs"]))
+        row = [0.0] * 63 + [draw(_JSON_LEAF.filter(lambda v: not (isinstance(v, (int, float)) and not isinstance(v, bool))))]
+        return json.dumps({key: [row]}).encode()
+    if kind == "nan_row":  # NaN is valid JSON for TF Serving; the wrong width is not
+        return json.dumps({"instances": [[float("nan")] * draw(st.integers(1, 63))]}).encode()
+    if kind == "oversized_row":
+        return json.dumps({"inputs": [[1.0] * draw(st.integers(65, 5000))]}).encode()
+    depth = draw(st.integers(1, 3000))
+    return b'{"instances": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(body=_bad_bodies())
+def test_malformed_bodies_get_a_4xx_and_the_server_stays_up(tfs: tfserving.TFServingHandle, body: bytes) -> None:
+    """Truncated, non-UTF-8, random JSON, wrong element types, NaN rows of the wrong width, oversized, deep: 4xx with a message."""
+    r = httpx.post(tfs.predict_url(), content=body, headers={"content-type": "application/json"}, timeout=60)
+    assert 400 <= r.status_code < 500, (body[:200], r.status_code, r.text[:300])
+    assert isinstance(r.json()["error"], str) and r.json()["error"]
+    tfs.check_alive()
+
+
+def test_after_the_fuzzing_a_valid_request_is_answered_correctly(tfs: tfserving.TFServingHandle) -> None:
+    """Runs after the hypothesis test: the same server still predicts, with the same answer as before."""
+    before = httpx.post(tfs.predict_url(), json={"instances": X[:20].tolist()}).json()["predictions"]
+    assert (np.array([p["classes"] for p in before]) == Y[:20]).mean() > 0.8
+    assert httpx.post(tfs.predict_url(), json={"instances": X[:20].tolist()}).json()["predictions"] == before

@@ -123,3 +123,47 @@ def test_synchronize_knows_cpu_cuda_and_mps() -> None:
     timing.synchronize(torch.device("cpu"))
     with pytest.raises(BadInput, match="cannot wait for device 'tpu'"):
         timing.synchronize("tpu")
+
+
+def test_spread_median_iqr_and_rates() -> None:
+    s = timing.spread([4.0, 1.0, 2.0, 3.0, 10.0], label="x")
+    assert (s.median, s.low, s.high, s.n) == (3.0, 1.0, 10.0, 5)
+    assert s.iqr == pytest.approx(float(np.percentile(s.values, 75) - np.percentile(s.values, 25)))
+    assert s.relative_spread == pytest.approx(9.0)
+    assert s.per(6.0).median == pytest.approx(2.0) and s.scaled(1e3).low == 1e3
+    assert "3.00 ms (IQR" in s.fmt(" ms") and "5 repeats" in str(s)
+    with pytest.raises(BadInput):
+        timing.spread([])
+
+
+def test_point_times_at_least_the_minimum_and_keeps_the_thread_count() -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    calls: list[int] = []
+    t0 = timing.now()
+    s = timing.point(lambda: calls.append(1), min_s=0.05, warmup=2)
+    assert timing.now() - t0 >= 0.05 and len(calls) > 2 and s.n >= 1 and s.median > 0
+    assert torch.get_num_threads() == before
+
+
+def test_compare_interleaves_variants_after_warming_each() -> None:
+    order: list[str] = []
+    timing.compare({"A": lambda: order.append("A"), "B": lambda: order.append("B")}, repeats=3, min_s=0.0, warmup=1)
+    assert order == ["A", "B"] + ["A", "B"] * 3  # warm-up of both, then A B A B A B (never A A B B)
+    got = timing.interleave({"A": lambda: 1.0, "B": lambda: 2.0}, repeats=4, warmup=1)
+    assert got["A"].values == (1.0,) * 4 and got["B"].median == 2.0
+    with pytest.raises(BadInput):
+        timing.compare({})
+
+
+def test_with_spread_draws_error_bars_and_a_legend_outside() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from labkit import plots
+
+    ax = plots.with_spread({"a": {1: timing.spread([1.0, 2.0, 3.0]), 2: timing.spread([2.0, 3.0])}}, xlabel="batch", bound=3.0)
+    legend = ax.get_legend()
+    assert legend is not None and legend.get_bbox_to_anchor().x0 > ax.get_window_extent().x0
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2"]

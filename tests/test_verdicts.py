@@ -55,3 +55,31 @@ def test_probe_measures_this_machine() -> None:
     assert 1 <= report.usable_cores <= report.cpu_count
     assert probe.last() is report and report.line().startswith(("✅", "⚠️"))
     assert set(report.as_dict()) >= {"slowdown", "busy", "cause", "usable_cores"}
+
+
+def test_sanity_guards_print_a_warning_and_exercises_refuse(capsys: pytest.CaptureFixture[str]) -> None:
+    from labkit.measure import guards, timing
+
+    probe._LAST[:] = [probe.ProbeReport(1e-3, 1e-3, 0.2, 0.3, 2, 2)]
+    assert guards.fraction_of_peak(40.0, 50.0) and capsys.readouterr().out == ""  # sane: silent
+    bad = guards.fraction_of_peak(64.0, 49.4)
+    out = capsys.readouterr().out
+    assert not bad and out.startswith("⚠️ sanity:") and "1.30×" in out and "peak" in bad.reason
+    assert not guards.peak_with_threads({1: 181.8, 2: 49.4}) and guards.peak_with_threads({1: 100.0, 2: 95.0})
+    assert not guards.repeats_agree(timing.spread([1.0, 1.5])) and guards.repeats_agree(timing.spread([1.0, 1.2]))
+    assert not guards.speedup_within_cores(15.81, cores=2) and guards.speedup_within_cores(1.9, cores=2)
+    assert not guards.speedup_within_cores(2.5, workers=2, cores=8)
+    capsys.readouterr()
+    msg = guards.refusal(bad, guards.Guard(True, ""))
+    assert msg is not None and msg.startswith("not accepted") and "peak" in msg
+    assert guards.refusal(guards.Guard(True, "")) is None
+
+
+def test_probe_counts_other_programs_cpu_and_refreshes_while_running() -> None:
+    r = probe.ProbeReport(1e-3, 1e-3, 0.1, 0.1, 2, 2, others_cores=1.2)
+    assert r.busy() and "1.2 of the 2 usable cores" in (r.cause() or "") and "other programs 1.2 cores" in r.line()
+    assert not probe.ProbeReport(1e-3, 1e-3, 0.1, 0.1, 2, 2, others_cores=0.1).busy()
+    p = probe.start()
+    assert probe.last() is p.report or probe.last() == p.report
+    report = p.finish()
+    assert report.end_s is not None and probe.last() is report and "others_cores" in report.as_dict()

@@ -26,11 +26,12 @@ import json
 import time
 from typing import Any
 
-__all__ = ["MODES", "Balancer", "app"]
+__all__ = ["MAX_BODY_BYTES", "MODES", "Balancer", "app"]
 
 RETRIES = 2  # in the retrying mode
 MODES = ("kube-proxy", "retrying")
 TIMEOUT_S = 30.0
+MAX_BODY_BYTES = 16 * 2**20  # a larger body gets 413 here, before it is buffered and forwarded
 SUSPECT_S = 1.0  # an endpoint whose connection failed is skipped this long (until the next update)
 
 
@@ -66,19 +67,35 @@ class Balancer:
             return
         if scope["type"] != "http":
             return
-        body = b""
+        chunks, size = [], 0
         while True:
             msg = await receive()
-            body += msg.get("body", b"")
+            if msg["type"] == "http.disconnect":
+                return
+            piece = msg.get("body", b"")
+            size += len(piece)
+            if size <= MAX_BODY_BYTES:
+                chunks.append(piece)
             if not msg.get("more_body"):
                 break
+        if size > MAX_BODY_BYTES:
+            await _reply(send, 413, {"error": f"request body is {size} bytes; the limit is {MAX_BODY_BYTES} bytes"})
+            return
+        body = b"".join(chunks)
         path = scope["path"]
         if path == "/healthz":
             await _reply(send, 200, {"status": "ok"})
         elif path == "/_lb/stats":
             await _reply(send, 200, {**self.counts, "mode": self.mode, "endpoints": self.endpoints, "inflight": self.inflight, "served": self.served})
         elif path == "/_lb/endpoints" and scope["method"] == "PUT":
-            self.endpoints = list(json.loads(body)["endpoints"])
+            try:
+                endpoints = json.loads(body)["endpoints"]
+                if not isinstance(endpoints, list) or not all(isinstance(e, str) and e.startswith("http") for e in endpoints):
+                    raise ValueError("endpoints must be a list of http(s) URLs")
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+                await _reply(send, 400, {"error": f'PUT /_lb/endpoints wants {{"endpoints": ["http://..."]}}: {type(exc).__name__}: {exc}'})
+                return
+            self.endpoints = list(endpoints)
             self.suspect = {e: t for e, t in self.suspect.items() if e in self.endpoints}
             await _reply(send, 200, {"endpoints": self.endpoints})
         else:

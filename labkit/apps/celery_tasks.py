@@ -20,22 +20,44 @@ from typing import Any
 from celery import Celery, chord, group, signals
 
 __all__ = [
+    "BROKER_HEARTBEAT_S",
     "QUEUES",
     "RESULT_EXPIRES_S",
+    "UNACKED_MUTEX_EXPIRE_S",
+    "UNACKED_RESTORE_INTERVAL_S",
+    "UNACKED_RESTORE_LIMIT",
     "VISIBILITY_TIMEOUT_S",
     "TransientError",
     "app",
+    "attempt_headers",
     "combine",
     "ensemble",
     "flaky_predict",
     "load_models",
     "model_1",
     "model_2",
+    "queue_of",
+    "run_log",
     "settings",
     "use",
 ]
 
 VISIBILITY_TIMEOUT_S = 10  # Redis: an unacknowledged task goes back to the queue after this long
+# Redis restore sweep: every worker, every UNACKED_RESTORE_INTERVAL_S, takes kombu's restore lock
+# (``unacked_mutex``) and puts back at most UNACKED_RESTORE_LIMIT messages older than the visibility
+# timeout. The lock's expiry is the only thing that frees it when a worker is SIGKILLed while
+# holding it: kombu's default (300 s) then stalls every restore for 5 minutes. Measured here
+# (``labkit.bench.faults.restore_sweep_s``, 100 due messages, each restore a WATCH transaction):
+# 0.17 s median, 0.33 s worst on a quiet machine; 1.5–2.3 s at load average 20 on 2 cores. We
+# pick 2 s: a lock left by a dead worker then costs at most 2 s more, inside the 2 s margin of
+# ``labkit bench faults``' recovery target; and a sweep that outlives the lock (the loaded case) is
+# still safe, because restore_by_tag WATCHes the unacked hash, so a second sweeper cannot restore
+# the same message twice. A sweep every 1 s: the redelivery time is 10 + 1 s.
+UNACKED_RESTORE_INTERVAL_S = 1
+UNACKED_RESTORE_LIMIT = 100
+UNACKED_MUTEX_EXPIRE_S = 2
+BROKER_HEARTBEAT_S = 10  # RabbitMQ: a silent (not closed) connection is declared dead after 2 of these
+RUN_LOG_KEY = "labkit:runs"  # where a traced task's runs are logged (on the Redis result backend)
 RESULT_EXPIRES_S = 3600  # results are deleted from the backend after an hour
 QUEUES = ("celery", "cnn", "mlp")  # default queue + one queue per model
 _ROUTES = {"labkit.apps.celery_tasks.model_1": {"queue": "cnn"}, "labkit.apps.celery_tasks.model_2": {"queue": "mlp"}}
@@ -55,11 +77,19 @@ def settings(broker_url: str, backend_url: str | None = None) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         # Redis has no connection-level redelivery: unacked tasks come back after visibility_timeout
-        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S, "unacked_restore_interval": 1, "unacked_restore_throttle": 1},
+        "broker_transport_options": {
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            "unacked_restore_interval": UNACKED_RESTORE_INTERVAL_S,
+            "unacked_restore_throttle": 1,
+            "unacked_restore_limit": UNACKED_RESTORE_LIMIT,
+            "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE_S,
+        },
+        # Redis can still lose a task a worker had just taken (BRPOP, then a second round trip
+        # records it as unacked): the clients resubmit past the redelivery time (apps.celery_client)
         "broker_connection_retry_on_startup": True,
         # RabbitMQ: AMQP heartbeats every 10 s, checked every 1 s — a worker also wakes up that often,
         # so it notices SIGTERM at once instead of after its next message
-        "broker_heartbeat": 10,
+        "broker_heartbeat": BROKER_HEARTBEAT_S,
         "broker_heartbeat_checkrate": 10,
         "task_routes": _ROUTES,
         "result_expires": RESULT_EXPIRES_S,
@@ -73,6 +103,11 @@ def settings(broker_url: str, backend_url: str | None = None) -> dict[str, Any]:
 
 app = Celery("labkit.apps.celery_tasks")
 app.conf.update(settings(os.environ.get("CELERY_BROKER_URL") or _DEFAULT_BROKER, os.environ.get("CELERY_RESULT_BACKEND") or None))
+
+
+def queue_of(task_name: str) -> str:
+    """The queue a task is routed to (``task_routes``; else the default queue)."""
+    return str(_ROUTES.get(task_name, {}).get("queue", "celery"))
 
 
 def use(broker_url: str, backend_url: str | None = None) -> Celery:
@@ -148,6 +183,44 @@ def _infer(model: str, images: Any, repeats: int, hostname: str | None) -> dict[
         "worker": hostname,
         "pid": os.getpid(),
     }
+
+
+# ---- the run log: which attempt of which task started where (for counting, never for answers) -----
+
+
+def attempt_headers(attempt: int, trace: bool = False) -> dict[str, Any]:
+    """Message headers a client sends with attempt ``attempt`` of a task (``trace``: log its runs)."""
+    return {"labkit_attempt": attempt, "labkit_trace": 1 if trace else 0}
+
+
+def _header(request: Any, name: str) -> Any:
+    value = getattr(request, name, None)
+    if value is None:
+        value = (getattr(request, "headers", None) or {}).get(name)
+    return value
+
+
+@signals.task_prerun.connect
+def _log_run(task_id: str = "", task: Any = None, **_: Any) -> None:
+    """A traced task logs ``<task id> <attempt> <pid>`` on the Redis result backend as it starts."""
+    request = getattr(task, "request", None)
+    if request is None or not _header(request, "labkit_trace"):
+        return
+    client = getattr(task.backend, "client", None)
+    if client is not None:
+        client.rpush(RUN_LOG_KEY, f"{task_id} {_header(request, 'labkit_attempt') or 1} {os.getpid()}")
+
+
+def run_log(client: Any, clear: bool = False) -> list[tuple[str, int, int]]:
+    """Every logged run so far, as ``(task id, attempt, worker pid)``; ``clear`` empties the log."""
+    raw = client.lrange(RUN_LOG_KEY, 0, -1)
+    if clear:
+        client.delete(RUN_LOG_KEY)
+    out = []
+    for line in raw:
+        key, attempt, pid = line.decode().split()
+        out.append((key, int(attempt), int(pid)))
+    return out
 
 
 # ---- tasks ----------------------------------------------------------------------------------------

@@ -3,13 +3,19 @@
 Routes (``create_app()`` builds them; ``labkit.services.gateway.start`` runs
 ``uvicorn --factory labkit.apps.gateway:create_app``):
 
-    POST /predict           waits for the task without blocking the event loop (async polling)
+    POST /predict           publishes in a thread pool and awaits the result (redis.asyncio
+                            pub/sub on the result key): the event loop never waits on I/O; a
+                            task not heard back from in time is resubmitted under the same key
     POST /predict_blocking  the seed's version: ``.get()`` inside ``async def`` — blocks the loop
+    POST /noop              answers at once without touching the broker: the HTTP ceiling
+    GET  /metrics           event-loop lag (a sleep-drift probe every 5 ms) and the
+                            at-least-once counts (``?reset=1`` starts a new lag window)
     GET  /healthz           the process answers (liveness)
     GET  /readyz            the broker and the result backend answer (readiness)
 
 Bad input gets a 422 naming the field, a body over ``MAX_BODY_BYTES`` a 413, a result later
-than ``timeout_s`` a 504. Used in 06 and ``labkit bench gateway``; its ``predict-route`` region
+than ``timeout_s`` a 504 (``timeout_s`` defaults to 30 s: longer than a resubmission, so a task
+the broker lost still gets its answer). Used in 06 and ``labkit bench gateway``; its ``predict-route`` region
 is Shown in 06 §4.
 """
 
@@ -17,68 +23,47 @@ is Shown in 06 §4.
 
 import asyncio
 import time
+from collections import deque
 from typing import Any
 
-__all__ = ["MAX_BODY_BYTES", "MAX_IMAGES", "BodyLimit", "create_app"]
+from labkit.apps.body_limit import BodyLimit  # re-exported: the gateway's 413 comes from there
+
+__all__ = ["LAG_PERIOD_S", "MAX_BODY_BYTES", "MAX_IMAGES", "BodyLimit", "LoopLag", "create_app"]
+
+LAG_PERIOD_S = 0.005  # the loop-lag probe sleeps this long, over and over, and records the overshoot
+PUBLISH_THREADS = 8
 
 MAX_BODY_BYTES = 256 * 1024  # a request larger than this gets 413 (≈ 400 images as JSON)
 MAX_IMAGES = 256
-DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_TIMEOUT_S = 30.0  # > celery_client.resubmit_after_s (11.5 s on Redis): a lost task is resent in time
 MAX_TIMEOUT_S = 60.0
-_DRAIN_LIMIT_BYTES = 64 * 2**20  # read (and discard) at most this much of an oversized body
+class LoopLag:
+    """A sleep-drift probe: ``await asyncio.sleep(period)`` in a loop; how late it wakes is the loop's lag.
 
+    Anything that holds the event loop (a synchronous broker call, a long parse) shows up here as
+    lag for every request waiting on that loop.
+    """
 
-def _too_large(send: Any, size: int) -> Any:
-    import json
+    def __init__(self, period_s: float = LAG_PERIOD_S, keep: int = 50_000) -> None:
+        self.period_s = period_s
+        self.samples: deque[float] = deque(maxlen=keep)
 
-    body = json.dumps({"detail": f"request body is {size} bytes or more; the limit is {MAX_BODY_BYTES} bytes"}).encode()
+    async def run(self) -> None:
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(self.period_s)
+            self.samples.append(time.perf_counter() - t0 - self.period_s)
 
-    async def respond() -> None:
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    def summary(self, reset: bool = False) -> dict[str, float]:
+        xs = sorted(self.samples)
+        if reset:
+            self.samples.clear()
+        if not xs:
+            return {"n": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+        def pick(q: float) -> float:
+            return round(xs[min(len(xs) - 1, int(q * len(xs)))] * 1e3, 3)
 
-    return respond()
-
-
-class BodyLimit:
-    """ASGI middleware: refuse bodies over ``max_bytes`` with 413 before any parsing happens."""
-
-    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > _DRAIN_LIMIT_BYTES:
-            return await _too_large(send, int(length))
-        chunks, size, more = [], 0, True
-        while more:  # read the body ourselves, so an oversized one is never buffered whole
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            piece = message.get("body", b"")
-            size += len(piece)
-            more = message.get("more_body", False)
-            if size <= self.max_bytes:
-                chunks.append(piece)
-            elif size > _DRAIN_LIMIT_BYTES:
-                break
-        if size > self.max_bytes:
-            return await _too_large(send, size)
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> Any:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        return {"n": len(xs), "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": round(xs[-1] * 1e3, 3)}
 
 
 def _error_text(errors: list[dict[str, Any]]) -> str:
@@ -111,38 +96,100 @@ def create_app() -> Any:
         images: Annotated[list[Image], Field(min_length=1, max_length=MAX_IMAGES)]
         model: Literal["cnn", "mlp", "ensemble"] = "cnn"
         timeout_s: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S)] = DEFAULT_TIMEOUT_S
+        trace: bool = False  # log each run of the task (labkit bench faults counts them)
 
-    api = FastAPI(title="labkit digits gateway")
+    from concurrent.futures import ThreadPoolExecutor
+    from contextlib import asynccontextmanager
+
+    from celery.result import AsyncResult
+
+    from labkit.apps import celery_client
+
+    broker_url = str(tasks.app.conf.broker_url)
+    ledger = celery_client.Ledger(celery_client.resubmit_after_s(broker_url))
+    backend_url = str(tasks.app.conf.result_backend or "")
+    pool = ThreadPoolExecutor(PUBLISH_THREADS, thread_name_prefix="gateway-io")
+    lag = LoopLag()
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> Any:
+        state["probe"] = asyncio.create_task(lag.run())
+        if backend_url.startswith("redis"):
+            state["results"] = celery_client.RedisResults(backend_url, ledger)
+            await state["results"].start()
+        if broker_url.startswith("redis"):
+            state["publisher"] = celery_client.RedisPublisher(broker_url)
+        yield
+        state["probe"].cancel()
+        for name in ("results", "publisher"):
+            if name in state:
+                await state[name].close()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    api = FastAPI(title="labkit digits gateway", lifespan=lifespan)
 
     @api.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
         return JSONResponse(status_code=422, content={"detail": _error_text(errors), "errors": errors})
 
-    def submit(req: PredictRequest) -> Any:
+    def submit(req: PredictRequest, key: str | None = None, attempt: int = 1) -> Any:
+        options: dict[str, Any] = {"task_id": key, "headers": tasks.attempt_headers(attempt, req.trace)} if key else {}
         if req.model == "ensemble":
-            return tasks.ensemble(req.images).apply_async()
+            return tasks.ensemble(req.images).apply_async(**options)
         task = tasks.model_1 if req.model == "cnn" else tasks.model_2
-        return task.delay(req.images)
+        return task.apply_async((req.images,), **options)
 
-    def answer(req: PredictRequest, value: dict[str, Any], t0: float) -> dict[str, Any]:
-        return {"model": req.model, "pred": value["pred"], "latency_ms": round((time.perf_counter() - t0) * 1e3, 3)}
+    def answer(req: PredictRequest, value: dict[str, Any], t0: float, key: str | None = None) -> dict[str, Any]:
+        out = {"model": req.model, "pred": value["pred"], "latency_ms": round((time.perf_counter() - t0) * 1e3, 3)}
+        return out | {"task_id": key} if key else out
+
+    def poll_backend(key: str, wait_s: float) -> dict[str, Any] | None:  # in the pool: rpc/other backends
+        end = time.monotonic() + wait_s
+        r = AsyncResult(key, app=tasks.app)
+        while not r.ready():
+            if time.monotonic() >= end:
+                return None
+            time.sleep(0.005)
+        return {"status": r.state, "result": r.result}
 
     # region: predict-route
     @api.post("/predict")
     async def predict(req: PredictRequest) -> Any:
-        """Submit, then poll ``ready()`` with ``await asyncio.sleep`` in between: the loop stays free."""
+        """Publish (asyncio LPUSH, or a thread for AMQP), await the result key (pub/sub): the loop never waits."""
         t0 = time.perf_counter()
-        result = submit(req)
-        deadline, delay = t0 + req.timeout_s, 0.001
-        while not result.ready():
-            if time.perf_counter() > deadline:
-                return JSONResponse(status_code=504, content={"detail": f"no result within {req.timeout_s} s (task {result.id})"})
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.02)
-        if result.failed():
-            return JSONResponse(status_code=502, content={"detail": f"the worker failed: {result.result!r}"})
-        return answer(req, result.result, t0)
+        loop = asyncio.get_running_loop()
+        key = celery_client.new_key()  # the idempotency key: every attempt carries it as its task id
+        results = state.get("results")
+
+        publisher = state.get("publisher")
+
+        async def publish(k: str, attempt: int) -> None:
+            if publisher is not None and req.model != "ensemble":  # one LPUSH, on the loop, no thread
+                task = tasks.model_1 if req.model == "cnn" else tasks.model_2
+                headers = tasks.attempt_headers(attempt, req.trace)
+                await publisher.publish(task.name, [req.images], {}, k, tasks.queue_of(task.name), headers)
+            else:  # AMQP, or a chord: Celery's own publish, in a thread
+                await loop.run_in_executor(pool, submit, req, k, attempt)
+
+        async def fetch(k: str, wait_s: float) -> Any:
+            if results is not None:
+                return await results.fetch(k, wait_s)
+            return await loop.run_in_executor(pool, poll_backend, k, wait_s)
+
+        if results is not None:
+            results.register(key)  # listen before sending: no result can slip past
+        try:
+            meta = await celery_client.wait_async(key, publish, fetch, ledger, req.timeout_s)
+        except TimeoutError:
+            return JSONResponse(status_code=504, content={"detail": f"no result within {req.timeout_s} s (task {key})"})
+        finally:
+            if results is not None:
+                results.release(key)
+        if meta["status"] != "SUCCESS":
+            return JSONResponse(status_code=502, content={"detail": f"the worker failed: {meta.get('result')!r}"})
+        return answer(req, meta["result"], t0, key)
 
     @api.post("/predict_blocking")
     async def predict_blocking(req: PredictRequest) -> Any:
@@ -152,6 +199,15 @@ def create_app() -> Any:
         return answer(req, value, t0)
 
     # endregion
+
+    @api.post("/noop")
+    async def noop() -> dict[str, Any]:
+        """The HTTP ceiling: the same server and middleware, no broker, no parsing."""
+        return {"ok": True}
+
+    @api.get("/metrics")
+    async def metrics(reset: bool = False) -> dict[str, Any]:
+        return {"loop_lag": lag.summary(reset), "at_least_once": ledger.counts(), "resubmit_after_s": ledger.deadline_s}
 
     @api.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -172,4 +228,4 @@ def create_app() -> Any:
             return JSONResponse(status_code=503, content={"ready": False, "detail": f"{type(exc).__name__}: {exc}"})
         return {"ready": True}
 
-    return BodyLimit(api)
+    return BodyLimit(api, MAX_BODY_BYTES)

@@ -39,9 +39,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_BATCH", "MAX_TTA", "InflightCounter", "app", "augment", "create_app", "export_model", "load_model"]
+__all__ = ["MAX_BATCH", "MAX_BODY_BYTES", "MAX_TTA", "InflightCounter", "app", "augment", "create_app", "export_model", "load_model"]
 
 MAX_BATCH = 4096
+MAX_BODY_BYTES = 8 * 2**20  # MAX_BATCH digits as JSON fit; a larger body gets 413 before parsing
 MAX_TTA = 64
 _SHIFTS = [(dy, dx) for dy in (0, -1, 1) for dx in (0, -1, 1)]
 _DIGIT_PIXELS = 64
@@ -138,6 +139,7 @@ def create_app() -> Any:
     import numpy as np
     import torch
     from fastapi import FastAPI, HTTPException
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel
 
@@ -163,6 +165,13 @@ def create_app() -> Any:
 
     api = FastAPI(title="labkit digit model server", lifespan=lifespan)
 
+    @api.exception_handler(RequestValidationError)
+    async def invalid(_: Any, exc: RequestValidationError) -> JSONResponse:
+        # name the field and the problem; never echo the input (NaN in it would break the JSON answer)
+        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+        text = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg', 'invalid')}" for e in errors[:5])
+        return JSONResponse(status_code=422, content={"detail": text or "invalid request", "errors": errors})
+
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "replica": replica}
@@ -183,6 +192,10 @@ def create_app() -> Any:
             x = np.asarray(req.inputs, dtype=np.float32)
         except (TypeError, ValueError) as exc:
             raise HTTPException(422, f"inputs must be numbers: {exc}") from exc
+        if x.size and not np.isfinite(x).all():
+            raise HTTPException(422, "inputs must be finite numbers: NaN or infinity found")
+        if any(isinstance(v, (bool, str)) for v in _leaves(req.inputs)):
+            raise HTTPException(422, "inputs must be numbers, not booleans or strings")
         if x.size == 0 or x.size % _DIGIT_PIXELS or x.size // _DIGIT_PIXELS > MAX_BATCH:
             raise HTTPException(422, f"inputs must hold 1..{MAX_BATCH} digits of 64 pixels, got shape {list(x.shape)}")
         if not 1 <= req.tta <= MAX_TTA:
@@ -199,7 +212,21 @@ def create_app() -> Any:
         state["served"] += 1
         return {"predictions": preds, "replica": replica}
 
-    return InflightCounter(api)
+    from labkit.apps.body_limit import BodyLimit
+
+    return InflightCounter(BodyLimit(api, MAX_BODY_BYTES))
+
+
+def _leaves(xs: Any, limit: int = MAX_BATCH * _DIGIT_PIXELS) -> Any:
+    """The scalars of a nested list, depth first (stops after ``limit``)."""
+    stack, n = [xs], 0
+    while stack and n < limit:
+        x = stack.pop()
+        if isinstance(x, list):
+            stack.extend(x)
+        else:
+            n += 1
+            yield x
 
 
 def __getattr__(name: str) -> Any:  # ``uvicorn labkit.apps.model_server:app`` builds it lazily

@@ -72,7 +72,13 @@ class DigitHandler:
             try:
                 if isinstance(body, (bytes, bytearray, str)):
                     body = json.loads(body)
-                images.append(torch.from_numpy(codec.decode(body)))
+                pixels = (body or {}).get("pixels") if isinstance(body, dict) else None
+                if _has_non_number(pixels):
+                    raise TypeError("pixels must be numbers, not strings or booleans")
+                image = torch.from_numpy(codec.decode(body))
+                if not torch.isfinite(image).all():
+                    raise ValueError("pixels must be finite numbers: NaN or infinity found")
+                images.append(image)
             except (ValueError, TypeError, UnicodeDecodeError) as exc:
                 errors[i] = str(exc)[:200]
         x = torch.cat(images) if images else torch.zeros(0, 1, *IMAGE_SHAPE)
@@ -112,3 +118,16 @@ class DigitHandler:
         for i, reason in errors.items():
             context.set_response_status(code=400, phrase=reason, idx=i)
         return out
+
+
+def _has_non_number(xs: Any, limit: int = 4096) -> bool:
+    """True if a nested list holds a string or a boolean (NumPy would turn "1" and True into 1.0)."""
+    stack, n = [xs], 0
+    while stack and n < limit:
+        x = stack.pop()
+        n += 1
+        if isinstance(x, list):
+            stack.extend(x)
+        elif isinstance(x, (str, bool)):
+            return True
+    return False

@@ -39,6 +39,11 @@ BENCHMARKS = (
     "hpa",
     "torchserve",
     "tfserving",
+    "faults",
+    "triton",
+    "litserve",
+    "llm",
+    "capstone",
 )
 _OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 
@@ -137,14 +142,19 @@ def run(name: str, fast: bool = False) -> Result:
         raise BadInput(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)} or all")
     if not available()[name]:
         raise BadInput(f"benchmark {name!r} is not in this version of labkit yet")
+    from labkit.measure import probe
     from labkit.runtime import hardware
 
     module = importlib.import_module(_module_name(name))
+    contention = probe.start()  # calibration + load at the start and the end: the JSON says if the machine was busy
     t0 = time.monotonic()
     with hardware.threads_limited(hardware.threads()):  # a benchmark that changes torch's threads must not change the next one's
         result: Result = module.run(fast=fast)
     result.elapsed_s = time.monotonic() - t0
     result.fast = fast
+    report = contention.finish()
+    result.figures["probe"] = report.as_dict()
+    print(f"{name}: {report.line()}")
     return result
 
 

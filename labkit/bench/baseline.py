@@ -1,8 +1,10 @@
 """Baseline: the machine's physical limit and one model's inference on it (notebook 00).
 
-- ``peak``: fp32 matmul GFLOP/s per thread count (the limit every speedup is judged against).
-- ``batch_sweep``: latency per batch and items/s of the digit CNN across batch sizes, with the
-  GFLOP/s it achieves.
+- ``peak``: fp32 matmul GFLOP/s per thread count, thread counts interleaved (1 2 1 2 …), a Spread
+  each; ``best_peak`` is the limit every speedup is judged against (best of all measurements with
+  at most that many threads: a peak that other programs lowered never passes for the machine's).
+- ``batch_sweep``: latency per batch and items/s of the digit CNN across batch sizes (interleaved,
+  ≥ ``timing.min_point_s()`` of timed calls per size), with the GFLOP/s it achieves and its spread.
 - ``oversubscription``: two processes with too many threads vs one thread each, side by side.
 - ``gpu_figures`` (on a CUDA device): peak matmul TFLOP/s in fp32, tf32 and bf16, and the digit
   CNN's achieved TFLOP/s on the GPU in fp32 and bf16, each as a share of its peak.
@@ -19,8 +21,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from labkit.bench import Result, Target
+from labkit.measure.timing import Spread
 
-__all__ = ["SweepPoint", "batch_sweep", "gpu_figures", "oversubscription", "run"]
+__all__ = ["SweepPoint", "batch_sweep", "best_peak", "gpu_figures", "oversubscription", "peak", "run"]
 
 OVERSUB_BATCH = 256
 GPU_BATCHES = (1024, 16384, 131072)  # digit images per batch on a GPU (8×8 images: large batches to fill it)
@@ -33,39 +36,91 @@ WORKER_TIMEOUT_S = 120.0
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """One batch size: median latency per batch, items per second, achieved GFLOP/s."""
+    """One batch size: median latency per batch, items per second, achieved GFLOP/s (and the
+    spread of the seconds per batch over the interleaved repeats, when measured)."""
 
     batch_size: int
     latency_ms: float
     throughput_per_s: float
     gflops: float
+    latency: Spread | None = None
+
+    def images_per_s(self) -> Spread | None:
+        """The spread of images per second over the repeats."""
+        return None if self.latency is None else self.latency.per(self.batch_size)
 
 
-def batch_sweep(model: Any, batch_sizes: Sequence[int], repeats: int = 10, threads: int | None = None, progress: bool = True) -> list[SweepPoint]:
-    """Time ``model`` on random digit batches of each size (median of ``repeats`` after a warm-up).
+def peak(thread_counts: Sequence[int] | None = None, size: int = 1024, repeats: int = 5, min_s: float | None = None) -> dict[int, Spread]:
+    """fp32 matmul GFLOP/s per thread count (default 1 … usable cores), a Spread of repeats each.
+
+    The thread counts are timed in interleaved rounds (1 2 1 2 …, ``timing.compare``), each with at
+    least ``min_s`` (default ``timing.min_point_s()``) of timed products, so a busy spell hits all.
+    Shown in 00 §2.
+    """
+    import torch
+
+    from labkit.measure import timing
+    from labkit.runtime import hardware
+
+    counts = list(thread_counts or range(1, hardware.cpu_count() + 1))
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    out = torch.empty(size, size)
+
+    def product(n: int) -> Any:
+        def run() -> None:
+            torch.set_num_threads(n)
+            torch.mm(a, b, out=out)
+
+        return run
+
+    before = torch.get_num_threads()
+    try:
+        with torch.inference_mode():
+            times = timing.compare({str(n): product(n) for n in counts}, repeats=repeats, min_s=min_s, warmup=2)
+    finally:
+        torch.set_num_threads(before)
+    return {n: times[str(n)].per(2 * size**3 / 1e9) for n in counts}
+
+
+def best_peak(peaks: dict[int, Spread] | dict[int, float], threads: int) -> float:
+    """The limit for ``threads`` threads: the best GFLOP/s measured with at most that many threads.
+
+    A program may always use fewer threads, so a 2-thread peak below the 1-thread one (threads that
+    waited for cores other programs held) is not the machine's limit.
+    """
+    best = [v.high if isinstance(v, Spread) else float(v) for n, v in peaks.items() if n <= threads]
+    if not best:
+        raise ValueError(f"no peak measured with {threads} threads or fewer")
+    return max(best)
+
+
+def batch_sweep(model: Any, batch_sizes: Sequence[int], repeats: int = 5, threads: int | None = None, progress: bool = True, min_s: float | None = None) -> list[SweepPoint]:
+    """Time ``model`` on random digit batches of each size: every size warmed up, then interleaved
+    rounds (1 8 64 … 1 8 64 …, ``timing.compare``) with at least ``min_s`` (default
+    ``timing.min_point_s()``) of timed calls per size; each point is the median of ``repeats`` rounds.
 
     The batches are made on the model's device in its dtype; on a GPU each timed call ends when
-    the GPU has finished it (``timing.measure(..., device=...)``).
+    the GPU has finished it. ``progress`` is kept for callers; nothing is drawn while timing.
     Shown in 00 §4.
     """
-    import statistics
-
     import torch
-    from tqdm.auto import tqdm
 
-    from labkit.measure.timing import measure
+    from labkit.measure import timing
     from labkit.models import digit_nets
     from labkit.runtime import hardware
 
+    del progress  # a progress bar would leave debris in the notebook and steal CPU from the timing
     param = next(model.parameters())
     flops = digit_nets.flops_per_sample(model)
-    out = []
     n_threads = threads or hardware.threads()
+    sizes = list(batch_sizes)
     with hardware.threads_limited(n_threads), torch.inference_mode():
-        for bs in tqdm(list(batch_sizes), desc="batch sizes", disable=not progress, leave=False):
-            x = torch.rand(bs, 1, 8, 8, device=param.device).to(param.dtype)
-            t = statistics.median(measure(functools.partial(model, x), repeats=repeats, warmup=2, device=param.device))
-            out.append(SweepPoint(bs, t * 1e3, bs / t, flops * bs / t / 1e9))
+        inputs = {bs: torch.rand(bs, 1, 8, 8, device=param.device).to(param.dtype) for bs in sizes}
+        times = timing.compare({str(bs): functools.partial(model, inputs[bs]) for bs in sizes}, repeats=repeats, min_s=min_s, warmup=2, device=param.device)
+    out = []
+    for bs in sizes:
+        t = times[str(bs)].median
+        out.append(SweepPoint(bs, t * 1e3, bs / t, flops * bs / t / 1e9, times[str(bs)]))
     return out
 
 
@@ -145,6 +200,7 @@ def _throughput_alone(model: Any, n_threads: int, seconds: float) -> float:
 def oversubscription(seconds: float = OVERSUB_SECONDS, n_processes: int = 2) -> dict[str, float]:
     """Throughput (items/s) of: one process using every core; ``n_processes`` processes with
     every core's worth of threads each (oversubscribed); ``n_processes`` with 1 thread each.
+    The one-process reference is the better of a run before and a run after the pairs.
 
     Shown in 00 §5.
     """
@@ -176,6 +232,7 @@ def oversubscription(seconds: float = OVERSUB_SECONDS, n_processes: int = 2) -> 
                 p.kill()
                 p.join()
     total = {t: sum(items for _, tt, items, _ in got if tt == t) / max(el for _, tt, _, el in got if tt == t) for t in configs}
+    alone = max(alone, _throughput_alone(model, cores, seconds))  # before and after the pair: a busy spell must not shrink the reference
     return {
         f"1 process × {cores} threads": alone,
         f"{n_processes} processes × {cores} threads": total[cores],
@@ -191,9 +248,12 @@ def run(fast: bool = False) -> Result:
 
     cores = hardware.cpu_count()
     size, repeats = (512, 3) if fast else (2048, 5)
-    peaks = hardware.peak_gflops(size=size, repeats=repeats)
+    spreads = peak(size=size, repeats=repeats)
     model = digit_nets.trained(digit_nets.TrainConfig(), progress=True)
     sweep = batch_sweep(model, [64, 256, 1024] if fast else [64, 256, 1024, 4096], repeats=5 if fast else 20)
+    for n, again in peak(size=size, repeats=repeats).items():  # peak again after the sweep: best of both
+        spreads[n] = Spread(spreads[n].values + again.values, spreads[n].label)
+    peaks = {n: best_peak(spreads, n) for n in spreads}
     best = max(sweep, key=lambda p: p.gflops)
     over = oversubscription(seconds=1.0 if fast else 3.0)
     names = list(over)
@@ -205,6 +265,7 @@ def run(fast: bool = False) -> Result:
         Target("1 thread per process / 1 process", over[names[2]] / over[names[0]], "×"),
     ]
     figures: dict[str, Any] = {"peak_gflops": peaks, "sweep": [asdict(p) for p in sweep], "oversubscription": over}
+    figures["peak_gflops_repeats"] = {n: list(sp.values) for n, sp in spreads.items()}
     if hardware.device().type == "cuda":
         gpu_targets, gpu_figs = gpu_figures(model, fast)
         targets += gpu_targets

@@ -4,6 +4,10 @@ Both servers run the same SavedModel on the same requests (one 8×8 digit each),
 other in this run, loaded over gRPC (the official ``PredictionServiceStub``, TF Serving's
 high-throughput API: the target) and over REST (JSON, reported beside it). Also reports
 start-to-first-prediction time and the server's RSS. Used in 10, 14.
+
+The figures are those of the server ``labkit.services.tfserving`` starts: labkit's stand-in,
+which follows tensorflow_model_server 2.20.0, unless the real binary is on PATH. The JSON
+names it (``figures["server"]``).
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ def batching_sweep(
             if grpc and tfs.grpc_target:
                 target = tfs.grpc_target
                 transports["grpc"] = lambda c, n: grpc_closed_loop(target, model_name, concurrency=c, n_requests=n)
-            info = lambda: {"startup_s": tfs.started_s, "rss_mb": tfs.rss_mb(), "batch_sizes": _batch_sizes(tfs.url)}
+            info = lambda: {"server": tfs.label, "startup_s": tfs.started_s, "rss_mb": tfs.rss_mb(), "batch_sizes": _batch_sizes(tfs.url)}
             yield batching.Served(tfs.predict_url(), lambda i: payloads[i], transports=transports, info=info)
 
     settings = [batching.Setting(1), batching.Setting(max_batch_size, batch_timeout_micros / 1000)]
@@ -151,5 +155,5 @@ def run(fast: bool = False) -> Result:
             Target("start to first prediction", server["startup_s"], "s"),
             Target("server RSS (process tree)", server["rss_mb"], "MB"),
         ],
-        figures={"rows": sweep.summaries(), "servers": sweep.servers},
+        figures={"server": server.get("server"), "rows": sweep.summaries(), "servers": sweep.servers},
     )

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from labkit.exercises import is_unanswered, verdict
+from labkit.measure import guards
 
 __all__ = ["check_best_batch_size", "check_fraction_of_peak", "check_oversubscription_slowdown"]
 
@@ -17,12 +18,21 @@ def _close(a: float, b: float, rel: float = _REL_TOL) -> bool:
 
 
 def check_fraction_of_peak(answer: float | None, sweep: Sequence[Any], peak_gflops: dict[int, float], batch_size: int, threads: int) -> bool:
-    """Exercise 1: achieved GFLOP/s at ``batch_size`` divided by the measured peak at ``threads``."""
+    """Exercise 1: achieved GFLOP/s at ``batch_size`` divided by the measured peak at ``threads``.
+
+    An answer built on a fraction above 1 (a peak measured while the machine was slower) is
+    refused with the reason, never accepted: it prints ⚠️ and returns False.
+    """
     point = next((p for p in sweep if p.batch_size == batch_size), None)
     hint = "take the gflops of the sweep point with that batch size and divide by peak[threads]"
     if point is None:
         return verdict("Exercise 1", answer, f"batch size {batch_size} is not in the sweep", hint)
     expected = point.gflops / peak_gflops[threads]
+    if not is_unanswered(answer):
+        refused = guards.refusal(guards.fraction_of_peak(point.gflops, peak_gflops[threads], what=f"the model at batch {batch_size}"))
+        if refused:
+            print(f"⚠️ Exercise 1: {refused}")
+            return False
     problem = None
     if not is_unanswered(answer):
         if not isinstance(answer, (int, float)):
@@ -35,9 +45,18 @@ def check_fraction_of_peak(answer: float | None, sweep: Sequence[Any], peak_gflo
 
 
 def check_oversubscription_slowdown(answer: float | None, throughputs: dict[str, float]) -> bool:
-    """Exercise 2: throughput of the oversubscribed run divided by the one-process run."""
+    """Exercise 2: throughput of the oversubscribed run divided by the one-process run.
+
+    Refused (⚠️, False) when the one-process reference cannot be right: 2 one-thread processes
+    beat it by more than 2× (or the usable cores).
+    """
     names = list(throughputs)
     expected = throughputs[names[1]] / throughputs[names[0]]
+    if not is_unanswered(answer) and len(names) > 2:  # one thread per process beating one process by more than the cores: the reference was slowed
+        refused = guards.refusal(guards.speedup_within_cores(throughputs[names[2]] / throughputs[names[0]], workers=2))
+        if refused:
+            print(f"⚠️ Exercise 2: {refused}")
+            return False
     problem = None
     if not is_unanswered(answer):
         if not isinstance(answer, (int, float)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from labkit.exercises import is_unanswered, verdict
+from labkit.measure import guards
 
 __all__ = ["check_bottleneck_replica", "check_bound"]
 
@@ -42,7 +43,8 @@ def check_bottleneck_replica(stage: str | None, stage_times_s: dict[str, float],
     """★★ ``stage`` must be the slowest stage; ``after`` must run it with 2 replicas and give the same outputs.
 
     The throughput change is reported, not enforced: on a busy 2-core machine a second replica
-    can only help while a core is idle, and the message says which case you measured.
+    can only help while a core is idle, and the message says which case you measured. A gain above
+    2× (or above the usable cores) means the single-replica run was slowed: refused, with the reason.
     """
     hint = "the bottleneck is the stage with the largest time per item; run pipeline.with_replicas(stages, <that stage>=2)"
     if is_unanswered(stage) or is_unanswered(after):
@@ -62,6 +64,10 @@ def check_bottleneck_replica(stage: str | None, stage_times_s: dict[str, float],
             problem = "the predictions changed, or their order: a replica must not change what the pipeline computes"
     ratio = after.throughput_per_s / before.throughput_per_s
     if problem is None:
+        refused = guards.refusal(guards.speedup_within_cores(ratio, workers=2))  # one more replica: at most 2× (and never above the cores)
+        if refused:
+            print(f"⚠️ second replica for the bottleneck: {refused}")
+            return False
         how = "throughput rose" if ratio > 1.05 else "throughput did not rise: every core was already busy (compare the Gantt rows)"
         return verdict("second replica for the bottleneck", stage, None, hint, success=f"{how}, {ratio:.2f}× the single-replica run.")
     return verdict("second replica for the bottleneck", stage, problem, hint)

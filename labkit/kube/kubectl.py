@@ -37,7 +37,7 @@ def deploy_dir(start: str | Path | None = None) -> Path:
     """The course's ``deploy/`` folder (Dockerfile, ``k8s/``): the nearest one at ``start`` (default:
     the working directory, i.e. the notebook's folder) or above it, else the one beside the labkit
     package (the repository labkit is installed from). Not a fixed ``../deploy``: a notebook may run
-    from ``notebooks/``, ``student-edition/`` or deeper (``make test`` runs ``.cache/student-edition``).
+    from ``notebooks/``, ``student-edition/`` or deeper (``make test`` runs ``.cache/paired-edition``).
     """
     here = Path(start if start is not None else Path.cwd()).resolve()
     repo = Path(__file__).resolve().parents[2]  # labkit/kube/kubectl.py -> the repository

@@ -1,25 +1,27 @@
 """The capstone's harness: every option deployed, checked, loaded, killed and stopped the same way.
 
-An *option* is a way to serve the digit CNN (in-process, a process pool, Celery, Ray, a
-Deployment, TorchServe, TF Serving). The notebook writes each option's deployment code in view,
-as a function returning a ``Deployed``: how to send one prediction (an HTTP URL + a ``wire`` codec, or a
-Python callable), which processes serve it, how to kill one worker, how to stop it. ``run_option``
-then does the same thing to every option::
+An *option* is a way to serve the models (a process pool, Celery, Ray, a Deployment, TorchServe,
+TF Serving...). Each option's deployment code is a function returning a ``Deployed``: the URL and
+``wire`` codec of each workload it serves (every option is reached over HTTP; the function-style
+ones sit behind ``labkit.apps.front``), which processes serve it, how to kill one worker, how to
+stop it. Only the in-process *floor* is a Python callable (no HTTP). ``run_option`` then does the
+same thing to every option::
 
     deployed = deploy()                    # start, timed until the first prediction
-    check answers on the same test digits
-    closed loop at each concurrency        # load.closed_loop, or load.closed_loop_threads for callables
-    RSS of the serving process tree, CPU seconds per 1,000 requests (runtime.process.tree_*)
+    check answers on the same test digits, per workload ("cnn", "wide")
+    closed loop at each concurrency, ``repeats`` times ≥ ``duration_s`` each (aiohttp client)
+    client CPU (this process) and server CPU (the serving process tree) per 1,000 requests; RSS
     kill one worker under load → recovery time and requests lost
     stop
 
-``measure.report`` turns the results into what notebook 14 shows (table, plots, files, advice,
-lines of code); ``measure.recovery`` reads what a kill did to the clients. Used in 14.
+``measure.report`` turns the results into what notebook 14 shows (tables, plots, files, advice);
+``measure.recovery`` reads what a kill did to the clients. Used in 14 and ``labkit bench capstone``.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,15 +38,28 @@ from labkit.measure.timing import now
 from labkit.runtime import process
 
 __all__ = [
+    "CLIENT",
     "CODECS",
+    "FIXED_CONCURRENCY",
+    "KINDS",
+    "WORKLOADS",
     "Deployed",
     "OptionResult",
+    "compare_clients",
     "load_target",
     "measure_recovery",
     "run_option",
+    "summarize_repeats",
 ]
 
-RECOVERY_CONCURRENCY = 4
+# The one fixed concurrency every latency column is read at (its header names it).
+FIXED_CONCURRENCY = 16
+# The load generator: aiohttp used about half of httpx's client CPU per request here (14 measures it).
+CLIENT = "aiohttp"
+WORKLOADS = {"cnn": "digit CNN (overhead-bound)", "wide": "wide bf16 model (batching-bound)"}
+# real: the component itself; emulated: labkit stands in for part of it (the Kubernetes control
+# plane); stand-in: labkit's re-implementation of the server; reference: the floor and the ceiling.
+KINDS = ("real", "emulated", "stand-in", "reference")
 KILL_AFTER_S = 0.5
 WARMUP_REQUESTS = 16
 WARMUP_CONCURRENCY = 4
@@ -63,37 +78,58 @@ CODECS: dict[str, Codec] = {**wire.CODECS, "gateway": wire.GatewayCodec(timeout_
 
 @dataclass
 class Deployed:
-    """A started option: ``call(x) -> class`` for in-process/pool/Ray tasks, or ``url`` + ``codec`` for a server.
+    """A started option: ``url`` + ``codec`` per workload it serves (``wide_url`` None: the CNN only).
 
+    The in-process floor alone gives ``call(x) -> class`` (and ``wide_call``) instead of a URL.
     ``pids()`` lists the processes that serve (their descendants are added); ``kill()`` SIGKILLs
     one worker and says which (None: no worker to kill, ``kill_note`` says why); ``stop()`` ends it all.
-    ``exact``: answers must equal the PyTorch CNN's (False for the Keras twin behind TF Serving).
+    ``exact``: CNN answers must equal the PyTorch CNN's (False for the Keras twin behind TF Serving);
+    ``wide_check``: "accuracy" (the wide model's classes are checked against the labels) or "none"
+    (an untrained timing twin); ``check=False``: answers are not checked at all (the null server).
     """
 
     stop: Callable[[], Any]
     call: Callable[[np.ndarray], int] | None = None
     url: str | None = None
     codec: str | None = None
+    wide_url: str | None = None
+    wide_codec: str | None = None
+    wide_call: Callable[[np.ndarray], int] | None = None
     pids: Callable[[], Iterable[int]] = lambda: ()
     kill: Callable[[], str] | None = None
     kill_note: str = ""
     exact: bool = True
+    wide_check: str = "accuracy"
+    check: bool = True
     in_process: bool = False
+    wide_note: str = "not measured: this option serves the digit CNN only here"
 
     def __post_init__(self) -> None:
         if (self.call is None) == (self.url is None):
             raise BadInput("give either call (a Python callable) or url + codec (an HTTP server)")
-        if self.url is not None and self.codec not in CODECS:
-            raise BadInput(f"codec must be one of {sorted(CODECS)}, got {self.codec!r}")
+        for url, codec in ((self.url, self.codec), (self.wide_url, self.wide_codec or self.codec)):
+            if url is not None and codec not in CODECS:
+                raise BadInput(f"codec must be one of {sorted(CODECS)}, got {codec!r}")
 
-    def predict(self, x: np.ndarray, timeout_s: float = 60.0) -> int:
+    def workloads(self) -> list[str]:
+        """The workloads this option serves."""
+        return ["cnn"] + (["wide"] if (self.wide_url or self.wide_call) else [])
+
+    def target(self, workload: str = "cnn") -> tuple[str | None, str | None, Callable[[np.ndarray], int] | None]:
+        """(url, codec, call) for one workload."""
+        if workload == "wide":
+            return self.wide_url, self.wide_codec or self.codec, self.wide_call
+        return self.url, self.codec, self.call
+
+    def predict(self, x: np.ndarray, workload: str = "cnn", timeout_s: float = 60.0) -> int:
         """Send one digit, return its class (raises on any failure)."""
-        if self.call is not None:
-            return int(self.call(x))
+        url, codec_name, call = self.target(workload)
+        if call is not None:
+            return int(call(x))
         import httpx
 
-        codec = CODECS[self.codec]  # type: ignore[index]
-        resp = httpx.post(self.url, json=codec.encode(x), timeout=timeout_s)  # type: ignore[arg-type]
+        codec = CODECS[codec_name]  # type: ignore[index]
+        resp = httpx.post(url, json=codec.encode(x), timeout=timeout_s)  # type: ignore[arg-type]
         resp.raise_for_status()
         return codec.label(resp.json())
 
@@ -101,13 +137,15 @@ class Deployed:
 # ---------------------------------------------------------------- load, memory, CPU
 
 
-def load_target(deployed: Deployed, x: np.ndarray, concurrency: int, n_requests: int | None = None, duration_s: float | None = None) -> LoadResult:
+def load_target(deployed: Deployed, x: np.ndarray, concurrency: int, n_requests: int | None = None, duration_s: float | None = None, workload: str = "cnn", client: str = CLIENT) -> LoadResult:
     """Closed-loop load on one option, one digit per request (request i sends ``x[i % len(x)]``)."""
-    if deployed.call is not None:
-        call = deployed.call
-        return load.closed_loop_threads(lambda i: call(x[i % len(x)]), concurrency, n_requests, duration_s)
-
-    codec = CODECS[deployed.codec]  # type: ignore[index]
+    url, codec_name, call = deployed.target(workload)
+    if call is not None:
+        fn = call
+        return load.closed_loop_threads(lambda i: fn(x[i % len(x)]), concurrency, n_requests, duration_s)
+    if url is None:
+        raise BadInput(f"this option does not serve the {workload!r} workload")
+    codec = CODECS[codec_name]  # type: ignore[index]
     bodies = [codec.encode(xi) for xi in x]
 
     def check(resp: Any) -> str | None:
@@ -117,17 +155,24 @@ def load_target(deployed: Deployed, x: np.ndarray, concurrency: int, n_requests:
             return f"unreadable answer: {type(exc).__name__}: {exc}"[:200]
         return None if 0 <= label <= 9 else f"class {label} is not a digit"
 
-    return load.closed_loop(deployed.url, lambda i: bodies[i % len(bodies)], concurrency=concurrency, n_requests=n_requests, duration_s=duration_s, check=check)  # type: ignore[arg-type]
+    return load.closed_loop(url, lambda i: bodies[i % len(bodies)], concurrency=concurrency, n_requests=n_requests, duration_s=duration_s, check=check, client=client)
 
 
 def _cpu_delta(before: Mapping[int, float], after: Mapping[int, float]) -> float:
     return sum(v - before.get(pid, 0.0) for pid, v in after.items() if v >= before.get(pid, 0.0))
 
 
+def _own_cpu_s() -> float:
+    import psutil
+
+    t = psutil.Process().cpu_times()
+    return float(t.user + t.system)
+
+
 # ---------------------------------------------------------------- recovery after a kill
 
 
-def measure_recovery(deployed: Deployed, x: np.ndarray, duration_s: float, concurrency: int = RECOVERY_CONCURRENCY, kill_after_s: float = KILL_AFTER_S) -> dict[str, Any]:
+def measure_recovery(deployed: Deployed, x: np.ndarray, duration_s: float, concurrency: int = FIXED_CONCURRENCY, kill_after_s: float = KILL_AFTER_S) -> dict[str, Any]:
     """Kill one worker ``kill_after_s`` into a closed-loop load; return how long clients were disrupted.
 
     A request was *disrupted* when it failed, was in flight at the kill, or took more than
@@ -152,42 +197,88 @@ def measure_recovery(deployed: Deployed, x: np.ndarray, duration_s: float, concu
         t.join()
         return {"recovery_s": None, "lost": None, "killed": None, "recovered": None, "note": f"not measured: kill failed ({_why(exc)})"}
     t.join()
-    return recovery.recovery_from(box["r"].requests, t_kill) | {"killed": killed, "note": deployed.kill_note}
+    return recovery.recovery_from(box["r"].requests, t_kill) | {"killed": killed, "note": deployed.kill_note, "concurrency": concurrency}
 
 
 # ---------------------------------------------------------------- one option, measured
 
 
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2), "max": round(max(values), 2)}
+
+
+def summarize_repeats(runs: Sequence[LoadResult], client_cpu_s: float | None, server_cpu_s: float) -> dict[str, Any]:
+    """One point: the median and spread over repeats of throughput and p50/p99; CPU per 1,000 requests."""
+    tps = [r.throughput_per_s for r in runs]
+    stats = [r.stats().ms() for r in runs]
+    n = sum(r.n for r in runs)
+    return {
+        "n": n, "repeats": len(runs), "seconds": round(sum(r.elapsed_s for r in runs), 2), "errors": sum(r.errors for r in runs),
+        "throughput_per_s": round(statistics.median(tps), 1), "throughput_spread": _spread(tps),
+        "p50_ms": round(statistics.median(s["p50"] for s in stats), 2), "p99_ms": round(statistics.median(s["p99"] for s in stats), 2),
+        "p99_spread": _spread([s["p99"] for s in stats]),
+        "client_cpu_s_per_1k": round(client_cpu_s / n * 1000, 3) if client_cpu_s is not None else None,
+        "server_cpu_s_per_1k": round(server_cpu_s / n * 1000, 3),
+    }  # fmt: skip
+
+
 @dataclass
 class OptionResult:
-    """Everything measured for one option (``available`` False: ``reason`` says why)."""
+    """Everything measured for one option (``available`` False: ``reason`` says why).
+
+    ``points[workload][concurrency]``: the summary of ``summarize_repeats``; ``latencies_s``:
+    every latency at the fixed concurrency, per workload; ``notes[workload]``: why a workload
+    was not measured.
+    """
 
     name: str
     family: str
+    kind: str = "real"
+    what: str = ""
     available: bool = True
     reason: str = ""
     startup_s: float | None = None
-    correct: str = ""
-    loads: dict[int, dict[str, Any]] = field(default_factory=dict)  # concurrency -> summary
-    latencies_s: dict[int, list[float]] = field(default_factory=dict)
+    correct: dict[str, str] = field(default_factory=dict)
+    points: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    latencies_s: dict[str, list[float]] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
     rss_mb: float | None = None
-    cpu_s_per_1k: float | None = None
     recovery: dict[str, Any] = field(default_factory=dict)
     loc: int | None = None
-    http: bool = False  # served over HTTP (a URL), not called in Python
+    http: bool = True
 
-    def best(self) -> dict[str, Any]:
-        """The load summary at the concurrency with the highest throughput."""
-        if not self.loads:
-            return {}
-        c = max(self.loads, key=lambda k: self.loads[k]["throughput_per_s"])
-        return {"concurrency": c, **self.loads[c]}
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise BadInput(f"kind must be one of {KINDS}, got {self.kind!r}")
+
+    def at(self, workload: str, concurrency: int = FIXED_CONCURRENCY) -> dict[str, Any]:
+        """The point at one concurrency ({} when not measured)."""
+        return self.points.get(workload, {}).get(concurrency, {})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["loads"] = {str(k): v for k, v in self.loads.items()}
-        d["latencies_s"] = {str(k): [round(v, 6) for v in vs] for k, vs in self.latencies_s.items()}
+        d["points"] = {w: {str(k): v for k, v in by_c.items()} for w, by_c in self.points.items()}
+        d["latencies_s"] = {w: [round(v, 6) for v in vs] for w, vs in self.latencies_s.items()}
         return d
+
+
+def _check_answers(deployed: Deployed, workload: str, x: np.ndarray, expected: Mapping[str, np.ndarray], labels: np.ndarray | None, n_check: int, name: str) -> str:
+    if not deployed.check:
+        return "not checked (no model behind it)"
+    if workload == "wide" and deployed.wide_check == "none":
+        deployed.predict(x[0], workload)
+        return "not checked (untrained timing twin)"
+    preds = np.array([deployed.predict(xi, workload) for xi in x[:n_check]])
+    if workload == "cnn" and deployed.exact:
+        agree = float(np.mean(preds == expected["cnn"][:n_check]))
+        if agree < 1.0:
+            raise AssertionError(f"{name}: {agree:.0%} of answers equal the in-process CNN's (must be 100 %)")
+        return f"{n_check}/{n_check} equal to in-process"
+    truth = labels if labels is not None else expected[workload]
+    acc = float(np.mean(preds == truth[:n_check]))
+    if acc < 0.8:
+        raise AssertionError(f"{name} ({workload}): only {acc:.0%} of {n_check} digits right")
+    return f"{round(acc * n_check)}/{n_check} right" + (" (its own model)" if workload == "cnn" else "")
 
 
 def run_option(
@@ -195,31 +286,36 @@ def run_option(
     family: str,
     deploy: Callable[[], Deployed],
     x: np.ndarray,
-    expected: np.ndarray,
-    concurrencies: Sequence[int] = (1, 8, 32),
-    n_requests: int | Sequence[int] = 200,
+    expected: np.ndarray | Mapping[str, np.ndarray],
+    concurrencies: Sequence[int] = (FIXED_CONCURRENCY,),
     duration_s: float = 2.0,
+    repeats: int = 2,
     recovery_s: float | None = 3.0,
     n_check: int = 16,
     labels: np.ndarray | None = None,
     loc: int | None = None,
     warmup: int = WARMUP_REQUESTS,
+    kind: str = "real",
+    what: str = "",
+    workloads: Sequence[str] = tuple(WORKLOADS),
+    n_requests: int | None = None,
 ) -> OptionResult:
     """Start one option, measure it (see the module docstring), stop it; never leave it running.
 
-    An option that cannot start here (``deploy`` raises ``ServiceUnavailable``, or a Python package
-    is missing) gives a row with ``available=False`` and the reason, after every process labkit
-    started during ``deploy`` is stopped. A wrong answer or failed requests are a failure, not
-    unavailability: the option is stopped and the error raised. ``n_requests`` may be one number or
-    one per concurrency; ``recovery_s`` None skips the kill. ``warmup`` requests at concurrency
-    ``WARMUP_CONCURRENCY`` run untimed first, so every worker is up.
+    Each point is ``repeats`` closed-loop runs of ``duration_s`` each (or ``n_requests``, whichever
+    comes first); the summary keeps the median and the spread. An option that cannot start here
+    (``deploy`` raises ``ServiceUnavailable``, or a Python package is missing) gives a row with
+    ``available=False`` and the reason, after every process labkit started during ``deploy`` is
+    stopped. A wrong answer or failed requests are a failure, not unavailability: the option is
+    stopped and the error raised. ``recovery_s`` None skips the kill. ``warmup`` requests at
+    concurrency ``WARMUP_CONCURRENCY`` run untimed first, per workload, so every worker is up.
     """
     from tqdm.auto import tqdm
 
-
-    res = OptionResult(name, family, loc=loc)
+    res = OptionResult(name, family, kind=kind, what=what, loc=loc)
     me = os.getpid()
     running_before = {int(i["pid"]) for i in process.started_here()}
+    expected_by = dict(expected) if isinstance(expected, Mapping) else {"cnn": np.asarray(expected)}
     t0 = now()
     try:
         deployed = deploy()
@@ -235,37 +331,36 @@ def run_option(
     try:
         deployed.predict(x[0])
         res.startup_s = round(now() - t0, 3)
-        preds = np.array([deployed.predict(xi) for xi in x[:n_check]])
-        agree = float(np.mean(preds == expected[:n_check]))
-        if deployed.exact:
-            if agree < 1.0:
-                raise AssertionError(f"{name}: {agree:.0%} of answers equal the in-process CNN's (must be 100 %)")
-            res.correct = f"{n_check}/{n_check} equal to in-process"
-        else:
-            acc = float(np.mean(preds == labels[:n_check])) if labels is not None else agree
-            if acc < 0.8:
-                raise AssertionError(f"{name}: only {acc:.0%} of {n_check} digits right")
-            res.correct = f"{round(acc * n_check)}/{n_check} right (its own model)"
-        if warmup:
-            load_target(deployed, x, WARMUP_CONCURRENCY, n_requests=warmup, duration_s=30.0)
-        roots: Callable[[], list[int]] = lambda: [me, *deployed.pids()]
-        before = process.tree_cpu_s(roots())
-        n_total, rss = 0, []
-        counts = [n_requests] * len(concurrencies) if isinstance(n_requests, int) else list(n_requests)
-        for c, n in zip(tqdm(concurrencies, desc=name, leave=False), counts):
-            r = load_target(deployed, x, c, n_requests=n, duration_s=duration_s)
-            if r.errors:
-                raise AssertionError(f"{name} at concurrency {c}: {r.errors} of {r.n} requests failed; first: {r.first_error()}")
-            res.loads[c] = r.summary()
-            res.latencies_s[c] = r.latencies_s()
-            n_total += r.n
-            serving = [p for p in deployed.pids()] if not deployed.in_process else [me]
-            rss.append(process.tree_rss_mb(serving) if serving else 0.0)
-        after = process.tree_cpu_s(roots())
-        res.cpu_s_per_1k = round(_cpu_delta(before, after) / n_total * 1000, 3)
-        res.rss_mb = round(max(rss), 1)
+        served = [w for w in workloads if w in deployed.workloads()]
+        for w in workloads:
+            if w not in served:
+                res.notes[w] = deployed.wide_note
+        serving: Callable[[], list[int]] = lambda: [me] if deployed.in_process else [p for p in process.tree_pids(list(deployed.pids())) if p != me]
+        rss = []
+        for w in served:
+            res.correct[w] = _check_answers(deployed, w, x, expected_by, labels, n_check, name)
+            if warmup:
+                load_target(deployed, x, WARMUP_CONCURRENCY, n_requests=warmup, duration_s=60.0, workload=w)
+            res.points[w] = {}
+            for c in tqdm(concurrencies, desc=f"{name} ({w})", leave=False):
+                runs, client_s, server_s = [], 0.0, 0.0
+                for _ in range(repeats):
+                    pids = serving()
+                    before, own = process.tree_cpu_s(pids), _own_cpu_s()
+                    r = load_target(deployed, x, c, n_requests=n_requests, duration_s=duration_s, workload=w)
+                    own_after, after = _own_cpu_s(), process.tree_cpu_s(pids)
+                    if r.errors:
+                        raise AssertionError(f"{name} ({w}) at concurrency {c}: {r.errors} of {r.n} requests failed; first: {r.first_error()}")
+                    runs.append(r)
+                    client_s += own_after - own
+                    server_s += _cpu_delta(before, after)
+                res.points[w][c] = summarize_repeats(runs, None if deployed.in_process else client_s, server_s)
+                if c == FIXED_CONCURRENCY or c == max(concurrencies):
+                    res.latencies_s[w] = [lat for r in runs for lat in r.latencies_s()]
+                rss.append(process.tree_rss_mb(serving()))
+        res.rss_mb = round(max(rss), 1) if rss else None
         if recovery_s:
-            res.recovery = measure_recovery(deployed, x, recovery_s)
+            res.recovery = measure_recovery(deployed, x, recovery_s, concurrency=min(FIXED_CONCURRENCY, max(concurrencies)))
         else:
             res.recovery = {"recovery_s": None, "lost": None, "recovered": None, "note": "not measured (recovery off)"}
     except BaseException:
@@ -292,3 +387,24 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, ModuleNotFoundError):
         return f"Python package {exc.name!r} is not installed — get it: make lab (or: pip install -e '.[serve]')"
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def compare_clients(url: str, body: Any, concurrency: int = FIXED_CONCURRENCY, duration_s: float = 2.0, rounds: int = 2, clients: Sequence[str] = load.CLIENTS) -> dict[str, dict[str, float]]:
+    """Client CPU (this process) per 1,000 requests for each load generator, interleaved ``rounds`` times.
+
+    Aim it at the null server (no model): then the server is as cheap as it gets and the
+    client's own cost shows. Returns {client: {"cpu_s_per_1k": best round, "throughput_per_s": its rate}}.
+    Shown in 14 (choosing the load generator).
+    """
+    out: dict[str, dict[str, float]] = {}
+    for _ in range(rounds):
+        for client in clients:
+            t0 = _own_cpu_s()
+            r = load.closed_loop(url, body, concurrency=concurrency, duration_s=duration_s, client=client)
+            spent = _own_cpu_s() - t0
+            if r.errors:
+                raise AssertionError(f"{client}: {r.errors} of {r.n} requests failed; first: {r.first_error()}")
+            cost = spent / r.n * 1000
+            if client not in out or cost < out[client]["cpu_s_per_1k"]:
+                out[client] = {"cpu_s_per_1k": round(cost, 3), "throughput_per_s": round(r.throughput_per_s, 1)}
+    return out

@@ -1,6 +1,7 @@
 """The one bounded load generator: closed loop at a concurrency, open loop at a rate.
 
-HTTP goes through httpx (``closed_loop``, ``open_loop``, ``ramp``); any async client, a gRPC stub
+HTTP goes through httpx (``closed_loop``, ``open_loop``, ``ramp``; ``closed_loop(client="aiohttp")``
+for the cheaper client the capstone uses); any async client, a gRPC stub
 say, through ``closed_loop_calls``; a plain Python callable through ``closed_loop_threads``
 (threads, for in-process models and process pools). All record the same ``Request``s, so stats,
 CDFs and tables read every kind alike; calls that are not HTTP record no status.
@@ -28,9 +29,10 @@ from urllib.parse import urlsplit
 from labkit.errors import BadInput
 from labkit.measure.timing import LatencyStats, latency_stats, now
 
-__all__ = ["LoadResult", "Request", "closed_loop", "closed_loop_calls", "closed_loop_threads", "open_loop", "ramp", "run_outside_event_loop"]
+__all__ = ["CLIENTS", "LoadResult", "Request", "closed_loop", "closed_loop_calls", "closed_loop_threads", "open_loop", "ramp", "run_outside_event_loop"]
 
 T = TypeVar("T")
+CLIENTS = ("httpx", "aiohttp")
 MAX_REQUESTS = 100_000
 MAX_DURATION_S = 600.0
 DEFAULT_TIMEOUT_S = 30.0
@@ -197,15 +199,21 @@ def closed_loop(
     method: str = "POST",
     timeout_s: float = DEFAULT_TIMEOUT_S,
     check: Callable[[Any], str | None] | None = None,
+    client: str = "httpx",
 ) -> LoadResult:
     """``concurrency`` clients each send a request, wait for the answer, send the next.
 
     ``payload`` is a JSON body or a function of the request index; ``check(response)`` may
-    return an error string for a 2xx answer that is wrong.
+    return an error string for a 2xx answer that is wrong. ``client``: "httpx", or "aiohttp"
+    (less client CPU per request: measured in 14, ``labkit bench capstone``).
     """
+    _check_target(url)
+    if client not in CLIENTS:
+        raise BadInput(f"client must be one of {CLIENTS}, got {client!r}")
+    if client == "aiohttp":
+        return _closed_loop(_aiohttp_session(concurrency, timeout_s), _aiohttp_send(method, url, payload, check), concurrency, n_requests, duration_s)
     import httpx
 
-    _check_target(url)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
     def open_client() -> Any:
@@ -215,6 +223,49 @@ def closed_loop(
         return await _one(client, method, url, payload, i, worker, check)
 
     return _closed_loop(open_client, send, concurrency, n_requests, duration_s)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """An aiohttp answer read in full, with the httpx names ``check`` functions use."""
+
+    status_code: int
+    text: str
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.text)
+
+
+def _aiohttp_session(concurrency: int, timeout_s: float) -> Callable[[], Any]:
+    def open_client() -> Any:
+        import aiohttp
+
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), timeout=aiohttp.ClientTimeout(total=timeout_s))
+
+    return open_client
+
+
+def _aiohttp_send(method: str, url: str, payload: Payload, check: Callable[[Any], str | None] | None) -> Callable[[Any, int, int], Any]:
+    import json
+
+    async def send(session: Any, i: int, worker: int) -> Request:
+        body = payload(i) if callable(payload) else payload
+        data = json.dumps(body).encode() if body is not None else None
+        t0 = now()
+        try:
+            async with session.request(method, url, data=data, headers=_JSON) as resp:
+                answer = _Answer(resp.status, await resp.text())
+            err = check(answer) if check is not None and 200 <= answer.status_code < 300 else None
+            return Request(t0, now() - t0, answer.status_code, err if err else (None if answer.status_code < 400 else answer.text[:200]), worker)
+        except Exception as exc:  # timeouts, refused connections
+            return _failed(t0, exc, worker)
+
+    return send
+
+
+_JSON = {"content-type": "application/json"}
 
 
 def closed_loop_calls(

@@ -8,8 +8,12 @@
 
 A fixed single-thread matmul is timed at the start and at the end (its best of a few short runs);
 if the end is markedly slower, or the load average exceeds the usable cores this process may
-use (``os.sched_getaffinity``), the report says the machine was busy, and verdicts that fail
-print that as their likely cause. Used in every notebook's setup cell and by ``labkit bench``.
+use (``os.sched_getaffinity``), or other programs (not this process and its children) kept the
+usable cores busy (from ``/proc/stat`` on Linux: ``others_cores``, cores' worth of CPU time used by
+others since ``start()``), the report says the machine was busy, and verdicts that fail print that
+as their likely cause. While a probe runs, ``last()`` refreshes the others' share (cheap: two file
+reads), so a verdict mid-notebook names what happened so far.
+Used in every notebook's setup cell and by ``labkit bench``.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ CALIBRATION_CALLS = 20  # calls per timed run
 CALIBRATION_RUNS = 5  # the best of these runs is the figure
 SLOWDOWN_LIMIT = 1.25  # end/start calibration time above this: the machine changed speed
 LOAD_MARGIN = 0.5  # load average above usable cores + this margin: more runnable work than cores, busy
+OTHERS_LIMIT = 0.5  # other programs using more than half a core on average: busy
 
 _LAST: list[ProbeReport] = []
+_ACTIVE: list[Probe] = []
 
 
 def usable_cores() -> int:
@@ -44,6 +50,54 @@ def load_average() -> float | None:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
         return None
+
+
+def _cpu_busy_s() -> tuple[float, float] | None:
+    """(busy CPU seconds of the usable cores, wall time) from /proc/stat; None where there is none."""
+    try:
+        cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+        busy = 0.0
+        with open("/proc/stat") as f:
+            for line in f:
+                fields = line.split()
+                if fields and fields[0] in cpus:
+                    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+                    busy += user + nice + system + irq + softirq + steal
+        return busy / os.sysconf("SC_CLK_TCK"), time.monotonic()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this process, its waited-for children and its live descendants."""
+    t = os.times()
+    own = t.user + t.system + t.children_user + t.children_system
+    try:
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            try:
+                c = child.cpu_times()
+                own += c.user + c.system
+            except psutil.Error:
+                pass
+    except ImportError:
+        pass
+    return own
+
+
+def _snapshot() -> tuple[float, float, float] | None:
+    busy = _cpu_busy_s()
+    return None if busy is None else (busy[0], busy[1], _own_cpu_s())
+
+
+def _others_cores(since: tuple[float, float, float] | None) -> float | None:
+    """Cores' worth of CPU that other programs used on the usable cores since the snapshot ``since``."""
+    now = _snapshot()
+    if since is None or now is None or now[1] - since[1] < 0.05:
+        return None
+    others = (now[0] - since[0]) - (now[2] - since[2])
+    return max(0.0, others / (now[1] - since[1]))
 
 
 def calibrate(size: int = CALIBRATION_SIZE, calls: int = CALIBRATION_CALLS, runs: int = CALIBRATION_RUNS) -> float:
@@ -77,6 +131,7 @@ class ProbeReport:
     load_end: float | None
     usable_cores: int
     cpu_count: int
+    others_cores: float | None = None  # cores' worth of CPU other programs used since the start
 
     @property
     def slowdown(self) -> float | None:
@@ -97,6 +152,8 @@ class ProbeReport:
         reasons = []
         if self.max_load is not None and self.max_load > self.usable_cores + LOAD_MARGIN:
             reasons.append(f"other programs used the CPU: load average {self.max_load:.1f} on {self.usable_cores} usable cores")
+        if self.others_cores is not None and self.others_cores > OTHERS_LIMIT:
+            reasons.append(f"other programs kept {self.others_cores:.1f} of the {self.usable_cores} usable cores busy on average while this ran")
         if self.slowdown is not None and self.slowdown > SLOWDOWN_LIMIT:
             reasons.append(f"the machine slowed down during the run: calibration {self.slowdown:.2f}× slower at the end than at the start")
         return "; ".join(reasons) or None
@@ -105,7 +162,8 @@ class ProbeReport:
         """One line for a notebook or a benchmark: idle or busy, with the figures."""
         load = "n/a" if self.max_load is None else f"{self.max_load:.1f}"
         speed = "" if self.slowdown is None else f", calibration end/start {self.slowdown:.2f}×"
-        head = f"machine: {self.usable_cores} usable cores (of {self.cpu_count}), load average {load}{speed}"
+        others = "" if self.others_cores is None else f", other programs {self.others_cores:.1f} cores"
+        head = f"machine: {self.usable_cores} usable cores (of {self.cpu_count}), load average {load}{others}{speed}"
         cause = self.cause()
         return f"⚠️ {head} — busy: {cause}; read the ratios below with that in mind" if cause else f"✅ {head} — idle enough to measure"
 
@@ -119,13 +177,24 @@ class Probe:
     """A started probe: ``finish()`` calibrates again and returns the report (also kept as ``last()``)."""
 
     def __init__(self) -> None:
+        self.since = _snapshot()
         self.start_s = calibrate()
         self.load_start = load_average()
-        self.report = ProbeReport(self.start_s, None, self.load_start, None, usable_cores(), os.cpu_count() or 1)
+        self.finished = False
+        self.report = ProbeReport(self.start_s, None, self.load_start, None, usable_cores(), os.cpu_count() or 1, _others_cores(self.since))
         _LAST[:] = [self.report]
+        _ACTIVE[:] = [self]
+
+    def refresh(self) -> ProbeReport:
+        """The report so far: load average and others' CPU share up to now (no calibration)."""
+        if not self.finished:
+            load = load_average()
+            self.report = ProbeReport(self.start_s, None, self.load_start, load, usable_cores(), os.cpu_count() or 1, _others_cores(self.since))
+        return self.report
 
     def finish(self) -> ProbeReport:
-        self.report = ProbeReport(self.start_s, calibrate(), self.load_start, load_average(), usable_cores(), os.cpu_count() or 1)
+        self.report = ProbeReport(self.start_s, calibrate(), self.load_start, load_average(), usable_cores(), os.cpu_count() or 1, _others_cores(self.since))
+        self.finished = True
         _LAST[:] = [self.report]
         return self.report
 
@@ -136,5 +205,10 @@ def start() -> Probe:
 
 
 def last() -> ProbeReport | None:
-    """The most recent probe report of this process (a started or finished probe), if any."""
+    """The most recent probe report of this process (a started or finished probe), if any.
+
+    While the latest probe is still running, its report is refreshed first (load, others' CPU).
+    """
+    if _ACTIVE and _LAST and _LAST[0] is _ACTIVE[0].report and not _ACTIVE[0].finished:
+        _LAST[:] = [_ACTIVE[0].refresh()]
     return _LAST[0] if _LAST else None

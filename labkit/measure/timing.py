@@ -8,6 +8,17 @@ GPU work is asynchronous: a host clock read right after launching it measures th
 work. ``synchronize(device)`` is the one place that waits for a device; ``measure``, ``timed`` and
 ``Timeline.span`` call it before their clock stops (and before it starts) when given a ``device``,
 and ``measure`` after its warm-up calls too. On the CPU it does nothing.
+
+Measurement hygiene (every comparison in the notebooks and benchmarks goes through these):
+
+    s = timing.point(fn)                       # warm-up, then >= min_point_s() of timed calls
+    s.median, s.iqr, s.low, s.high             # seconds per call, and the spread over blocks
+    by = timing.compare({"A": f, "B": g})      # A B A B ... interleaved, a Spread per variant
+    by = timing.interleave({"A": run_a, ...})  # same, for callables that return their own figure
+    by["A"].per(1000)                          # the Spread of a rate: 1000 items per call / s
+
+``point`` uses ``torch.utils.benchmark.Timer.blocked_autorange`` (it keeps the caller's thread
+count). A ``Spread`` holds one figure per repeat; ``str()`` gives "median (IQR q1–q3, n repeats)".
 Used in every notebook.
 """
 
@@ -15,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -25,12 +36,18 @@ from labkit.errors import BadInput
 __all__ = [
     "LatencyStats",
     "Span",
+    "Spread",
     "Stopwatch",
     "Timeline",
+    "compare",
+    "interleave",
     "latency_stats",
     "measure",
+    "min_point_s",
     "now",
     "percentiles",
+    "point",
+    "spread",
     "synchronize",
     "throughput",
     "timed",
@@ -280,3 +297,177 @@ def measure(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, device: An
         synchronize(device)
         out.append(now() - t0)
     return out
+
+
+# --- measurement hygiene: a minimum duration per point, interleaved repeats, median and spread ---
+
+FAST_MIN_POINT_S = 0.3  # seconds of timed calls per measured point in fast mode
+FULL_MIN_POINT_S = 1.0  # ... and in full mode
+DEFAULT_REPEATS = 5  # interleaved rounds per compared variant
+
+
+def min_point_s() -> float:
+    """Seconds of timed work per measured point: 0.3 s in fast mode, 1 s in full mode."""
+    from labkit import config
+
+    return config.pick(fast=FAST_MIN_POINT_S, full=FULL_MIN_POINT_S)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Repeated figures of one variant (seconds per call, or any figure): median and spread.
+
+    >>> s = spread([1.0, 2.0, 3.0, 4.0, 10.0], label="x")
+    >>> s.median, s.low, s.high, s.iqr
+    (3.0, 1.0, 10.0, 2.0)
+    >>> s.per(1.0).median  # a rate: 1 unit of work per call
+    0.3333333333333333
+    """
+
+    values: tuple[float, ...]
+    label: str = ""
+
+    def _q(self, p: float) -> float:
+        return percentiles(self.values, [p])[p]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def median(self) -> float:
+        return self._q(50.0)
+
+    @property
+    def q1(self) -> float:
+        return self._q(25.0)
+
+    @property
+    def q3(self) -> float:
+        return self._q(75.0)
+
+    @property
+    def iqr(self) -> float:
+        """Interquartile range: q3 - q1."""
+        return self.q3 - self.q1
+
+    @property
+    def low(self) -> float:
+        return min(self.values)
+
+    @property
+    def high(self) -> float:
+        return max(self.values)
+
+    @property
+    def best(self) -> float:
+        """The smallest figure (for times: the least disturbed run)."""
+        return self.low
+
+    @property
+    def relative_spread(self) -> float:
+        """(max - min) / min: how far the most different repeat is from its twin (0.3 = 30 %)."""
+        return (self.high - self.low) / self.low if self.low > 0 else float("inf")
+
+    def scaled(self, factor: float) -> Spread:
+        """Every figure times ``factor`` (e.g. 1e3 for ms)."""
+        return Spread(tuple(v * factor for v in self.values), self.label)
+
+    def per(self, work: float = 1.0) -> Spread:
+        """The rate ``work / figure`` of every repeat (e.g. images per second from seconds per call)."""
+        return Spread(tuple(work / v if v > 0 else float("inf") for v in self.values), self.label)
+
+    def fmt(self, unit: str = "", digits: int = 2, scale: float = 1.0) -> str:
+        """``median unit (IQR q1–q3, n repeats)`` with the figures times ``scale``."""
+        f = f"{{:,.{digits}f}}"
+        return f"{f.format(self.median * scale)}{unit} (IQR {f.format(self.q1 * scale)}–{f.format(self.q3 * scale)}{unit}, {self.n} repeats)"
+
+    def __str__(self) -> str:
+        return self.fmt()
+
+
+def spread(values: Iterable[float], label: str = "") -> Spread:
+    """A ``Spread`` of the given figures (at least one)."""
+    vals = tuple(float(v) for v in values)
+    if not vals:
+        raise BadInput("a spread needs at least one figure")
+    return Spread(vals, label)
+
+
+def point(fn: Callable[[], Any], min_s: float | None = None, warmup: int = 1, device: Any = None, label: str = "") -> Spread:
+    """Seconds per call of ``fn``: ``warmup`` untimed calls, then blocks of calls for at least ``min_s``.
+
+    ``torch.utils.benchmark.Timer.blocked_autorange`` picks the block size (so a 10 µs call is timed
+    in blocks of many calls) and runs blocks until ``min_s`` (default ``min_point_s()``) of timed
+    work; the Spread holds each block's seconds per call. The caller's torch thread count is kept.
+    """
+    import torch
+    from torch.utils import benchmark
+
+    if warmup < 0:
+        raise BadInput("warmup must be 0 or more")
+    min_s = min_point_s() if min_s is None else min_s
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+
+    def call() -> None:
+        fn()
+        synchronize(device)
+
+    timer = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=torch.get_num_threads(), label=label)
+    m = timer.blocked_autorange(min_run_time=min_s)
+    return Spread(tuple(float(t) for t in m.times), label)
+
+
+def _rounds(variants: Mapping[str, Callable[[], Any]], repeats: int, warmup: int, one: Callable[[Callable[[], Any]], float]) -> dict[str, Spread]:
+    if not variants:
+        raise BadInput("give at least one variant to compare")
+    if repeats < 1:
+        raise BadInput("repeats must be at least 1")
+    for fn in variants.values():  # warm every variant before any is timed
+        for _ in range(warmup):
+            fn()
+    out: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):  # A B A B ..., never A A B B: a slow spell hits every variant
+        for name, fn in variants.items():
+            out[name].append(one(fn))
+    return {name: Spread(tuple(v), name) for name, v in out.items()}
+
+
+def compare(
+    variants: Mapping[str, Callable[[], Any]],
+    repeats: int = DEFAULT_REPEATS,
+    min_s: float | None = None,
+    warmup: int = 1,
+    device: Any = None,
+) -> dict[str, Spread]:
+    """Seconds per call of each variant, timed in interleaved rounds (A B A B ...).
+
+    Every variant is warmed up first; each round times every variant once, calling it until at
+    least ``min_s / repeats`` has passed (at least once), so each variant gets ``min_s`` (default
+    ``min_point_s()``) of timed work in all. Returns a Spread (one figure per round) per variant.
+    """
+    budget = (min_point_s() if min_s is None else min_s) / max(repeats, 1)
+
+    def one(fn: Callable[[], Any]) -> float:
+        synchronize(device)
+        calls, t0 = 0, now()
+        while True:
+            fn()
+            calls += 1
+            synchronize(device)
+            elapsed = now() - t0
+            if elapsed >= budget:
+                return elapsed / calls
+
+    return _rounds(variants, repeats, warmup, one)
+
+
+def interleave(variants: Mapping[str, Callable[[], float]], repeats: int = DEFAULT_REPEATS, warmup: int = 0) -> dict[str, Spread]:
+    """Call each variant in interleaved rounds (A B A B ...) and collect the figure each returns.
+
+    For runs that measure themselves (a pipeline's throughput, a pool's makespan): ``warmup`` calls
+    of every variant are discarded first. Returns a Spread of the returned figures per variant.
+    """
+    return _rounds(variants, repeats, warmup, lambda fn: float(fn()))

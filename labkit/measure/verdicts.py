@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from labkit.errors import BadInput
 
@@ -38,9 +38,14 @@ class Verdict:
     measured: str
     expected: str
     cause: str | None = None
+    shown: bool = field(default=False, compare=False, repr=False)  # already printed by check/within
 
     def __bool__(self) -> bool:
         return self.held
+
+    def _ipython_display_(self) -> None:  # a cell ending in verdicts.check(...) shows the line once, not twice
+        if not self.shown:
+            print(self)
 
     def __str__(self) -> str:
         if self.held:
@@ -72,7 +77,7 @@ def check(claim: str, value: float, op: str, bound: float, unit: str = "", digit
     compare, symbol = _OPS[op]
     shown, shown_bound = round(float(value), digits), round(float(bound), digits)
     held = value == value and compare(shown, shown_bound)  # NaN never holds
-    verdict = Verdict(claim, held, _fmt(value, digits, unit), f"{symbol} {_fmt(bound, digits, unit)}", None if held else _likely_cause(cause))
+    verdict = Verdict(claim, held, _fmt(value, digits, unit), f"{symbol} {_fmt(bound, digits, unit)}", None if held else _likely_cause(cause), shown=show)
     if show:
         print(verdict)
     return verdict
@@ -85,7 +90,7 @@ def within(claim: str, value: float, low: float, high: float, unit: str = "", di
     shown = round(float(value), digits)
     held = value == value and round(low, digits) <= shown <= round(high, digits)
     expected = f"between {_fmt(low, digits, unit)} and {_fmt(high, digits, unit)}"
-    verdict = Verdict(claim, held, _fmt(value, digits, unit), expected, None if held else _likely_cause(cause))
+    verdict = Verdict(claim, held, _fmt(value, digits, unit), expected, None if held else _likely_cause(cause), shown=show)
     if show:
         print(verdict)
     return verdict

@@ -17,7 +17,10 @@ per-item latency and throughput):
   that costs.
 
 ``measure_stages`` times each stage alone; ``pipeline_bound`` turns that into the most a
-pipeline can deliver: 1 / (slowest stage time ÷ its replicas). Used in 01 and ``labkit bench pipeline``.
+pipeline can deliver: 1 / (slowest stage time ÷ its replicas). ``against_bound`` runs a thread
+pipeline several times, timing the stages alone just before and after each run (alone, run,
+alone, run, …: the bound and the run see the same machine), and returns the ratios to the bound.
+Used in 01 and ``labkit bench pipeline``.
 """
 
 from __future__ import annotations
@@ -38,8 +41,10 @@ from labkit.runtime.process import die_with_parent
 __all__ = [
     "QUEUE_DEPTH",
     "THREAD_PREFIX",
+    "BoundCheck",
     "PipelineRun",
     "Stage",
+    "against_bound",
     "build_classify",
     "build_denoise",
     "build_detect",
@@ -489,6 +494,77 @@ def run_threads(stages: Sequence[Stage], items: Sequence[Any], queue_depth: int 
         worker, stage_name, error = errors[0]
         raise WorkerFailed(f"stage {stage_name!r} ({worker})", error) from error
     return _finish("threads", items, done, entered, timeline, hops)
+
+
+@dataclass
+class BoundCheck:
+    """Thread pipeline runs measured against their own bound (stages timed alone around each run).
+
+    ``stage_s``: seconds per item of each stage alone (median over the runs of the before/after
+    mean); ``bounds_per_s`` and ``ratios``: per run, in scenes per second and run / bound.
+    """
+
+    runs: list[PipelineRun]
+    stage_s: dict[str, float]
+    bounds_per_s: list[float]
+    scenes_per_item: int
+
+    @property
+    def ratios(self) -> list[float]:
+        return [r.throughput_per_s / b for r, b in zip(self.runs, self.bounds_per_s)]
+
+    @property
+    def ratio(self) -> float:
+        """Median over the runs of throughput / bound."""
+        return statistics.median(self.ratios)
+
+    @property
+    def throughput_per_s(self) -> float:
+        return statistics.median(r.throughput_per_s for r in self.runs)
+
+    @property
+    def bound_per_s(self) -> float:
+        return statistics.median(self.bounds_per_s)
+
+    @property
+    def slowest(self) -> str:
+        return max(self.stage_s, key=lambda k: self.stage_s[k])
+
+    @property
+    def run(self) -> PipelineRun:
+        """The run with the median ratio (for Gantt charts and latency)."""
+        order = sorted(range(len(self.runs)), key=lambda i: self.ratios[i])
+        return self.runs[order[len(order) // 2]]
+
+    def inside_s(self) -> dict[str, float]:
+        """Seconds per item of each stage inside the median run (mean span)."""
+        return {k: statistics.fmean(v) for k, v in self.run.timeline.by_stage().items()}
+
+
+def against_bound(stages: Sequence[Stage], items: Sequence[Any], repeats: int = 3, queue_depth: int = QUEUE_DEPTH) -> BoundCheck:
+    """Run the thread pipeline ``repeats`` times; time the stages alone before the first run and
+    after every run (alone, run, alone, run, …) and judge each run against the mean of the timings
+    just before and after it. Throughput and bound are in scenes per second.
+
+    Shown in 01.
+    """
+    if repeats < 1:
+        raise BadInput("repeats must be at least 1")
+    items = list(items)
+    per_item = _size(items[0]) if items else 1
+    runs: list[PipelineRun] = []
+    bounds: list[float] = []
+    stage_runs: list[dict[str, float]] = []
+    after = measure_stages(stages, items, repeats=1)
+    for _ in range(repeats):
+        before = after
+        runs.append(run_threads(stages, items, queue_depth=queue_depth))
+        after = measure_stages(stages, items, repeats=1)
+        stage_s = {k: (before[k] + after[k]) / 2 for k in before}
+        stage_runs.append(stage_s)
+        bounds.append(pipeline_bound(stage_s) * per_item)
+    median_stage_s = {k: statistics.median(s[k] for s in stage_runs) for k in stage_runs[0]}
+    return BoundCheck(runs, median_stage_s, bounds, per_item)
 
 
 # ---------------------------------------------------------------- processes

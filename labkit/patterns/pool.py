@@ -262,6 +262,7 @@ class ResilientPool:
     completed: int = 0
     startup_s: list[float] = field(default_factory=list)
     _pool: ModelPool | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _ensure(self) -> ModelPool:
         if self._pool is None:
@@ -310,6 +311,31 @@ class ResilientPool:
                     raise WorkerFailed("process pool", f"workers died {self.restarts} times; {len(pending)} of {len(calls)} tasks unfinished")
                 self.resubmitted += len(pending)
         return results
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """One task, safe to call from many threads at once: ``fn(*args)``, resubmitted if its worker died.
+
+        The first caller that sees the broken pool restarts it (the others wait for it, then
+        resubmit). Used by the capstone's HTTP front (14).
+        """
+        for _ in range(self.max_restarts + 1):
+            with self._lock:
+                pool = self._ensure()
+            try:
+                fut = pool.executor.submit(fn, *args)
+                self.submitted += 1
+                result = fut.result(timeout=self.timeout_s)
+                self.completed += 1
+                return result
+            except BrokenProcessPool:
+                with self._lock:
+                    if self._pool is pool:
+                        self.restarts += 1
+                        self.close()
+                    self.resubmitted += 1
+            except TimeoutError:
+                raise WorkerFailed("process pool", f"no result within {self.timeout_s:.0f} s") from None
+        raise WorkerFailed("process pool", f"the task's worker died {self.max_restarts + 1} times")
 
     @property
     def pids(self) -> list[int]:

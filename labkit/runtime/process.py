@@ -47,6 +47,7 @@ __all__ = [
     "end_processes",
     "free_port",
     "free_ports",
+    "group_members",
     "kill_descendant",
     "running",
     "start",
@@ -108,6 +109,24 @@ def die_with_parent(sig: int = DEATH_SIGNAL) -> bool:
         return int(libc.prctl(_PR_SET_PDEATHSIG, int(sig))) == 0
     except (OSError, AttributeError):
         return False
+
+
+def group_members(pgid: int) -> list[Any]:
+    """Live psutil processes of process group ``pgid`` (a child ``start`` launched leads its own group).
+
+    A descendant whose parent died is re-parented and drops out of the parent's tree, but keeps
+    its group: this finds it. Zombies and this interpreter are left out.
+    """
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if p.pid != os.getpid() and p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == pgid:
+                out.append(p)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return out
 
 
 def wait_until(check: Callable[[], Any], timeout_s: float, what: str, interval_s: float = READY_INTERVAL_S, proc: ManagedProcess | None = None) -> Any:
@@ -207,6 +226,8 @@ class ManagedProcess:
         sig = signal.SIGTERM if sig is None else sig
 
         procs = self.tree()
+        seen = {p.pid for p in procs}
+        procs += [p for p in group_members(self.pid) if p.pid not in seen]  # reparented ones too
         if self.alive():
             try:
                 os.kill(self.pid, sig)
@@ -220,6 +241,8 @@ class ManagedProcess:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait()
+        # anything of its process group started meanwhile (a child forked during shutdown): SIGKILL
+        end_processes(group_members(self.pid), signal.SIGKILL, timeout_s=3.0)
         self.pid_file.unlink(missing_ok=True)
         with _live_lock:
             _live.discard(self)

@@ -10,7 +10,10 @@ measured like a real deployment. Each worker is started with ``--without-mingle
 --without-gossip``, consumes the queues it is given plus one named after itself (so work can be
 aimed at one worker), and is ready when ``app.control.ping`` gets its answer. Children die with
 their parent. If CELERY_BROKER_URL / CELERY_RESULT_BACKEND are set and no URL is given, those
-are used. Used in 06 and ``labkit bench celery``.
+are used. With LABKIT_CELERY_WORKERS=external, ``start_workers`` starts nothing and returns the
+workers already answering on the broker (a cluster's hosts: ``labkit cluster up``); their
+handles are external (``stop()`` leaves them running, ``kill()`` refuses). Used in 06 and
+``labkit bench celery``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from labkit.errors import BadInput, ServiceUnavailable
 from labkit.measure.timing import now
 from labkit.runtime import process
 
-__all__ = ["WorkerHandle", "ping", "resolve_urls", "start", "start_workers", "stop_workers"]
+__all__ = ["WorkerHandle", "external_workers", "ping", "resolve_urls", "start", "start_workers", "stop_workers"]
 
 DEFAULT_APP = "labkit.apps.celery_tasks"
 DEFAULT_QUEUES = ("celery", "cnn", "mlp")
@@ -115,6 +118,8 @@ def start_workers(
     if not 1 <= n <= 16:
         raise BadInput(f"n must be in 1..16, got {n}")
     broker, backend = resolve_urls(broker_url, backend_url)
+    if config.celery_workers_external():
+        return external_workers(n, broker, prefix, timeout_s)
     if app == DEFAULT_APP:
         _prepare_models()
     t0 = now()
@@ -137,6 +142,21 @@ def start_workers(
         raise
     for h in handles:
         h.started_s = now() - t0
+    return handles
+
+
+def external_workers(n: int, broker_url: str, prefix: str = "w", timeout_s: float = 90.0) -> list[WorkerHandle]:
+    """Handles for ``n`` workers named ``<prefix>K@host`` already answering pings on ``broker_url``."""
+
+    def found() -> list[str]:
+        names = [name for name in ping(broker_url, timeout_s=1.0) if name.split("@", 1)[0].removeprefix(prefix).isdigit()]
+        return names if len(names) >= n else []
+
+    names = process.wait_until(found, timeout_s, f"{n} external celery workers named {prefix}N@… on {broker_url}", interval_s=0.5)
+    handles = []
+    for name in names[:n]:
+        short = name.split("@", 1)[0]
+        handles.append(WorkerHandle("celery-worker", broker_url, None, nodename=name, queues=[*DEFAULT_QUEUES, short], broker_url=broker_url))
     return handles
 
 

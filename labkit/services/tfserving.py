@@ -1,8 +1,11 @@
 """TensorFlow Serving for notebooks 10 and 14: external, the real binary, or labkit's stand-in.
 
 Order: ``TFSERVING_URL`` set → use that server (REST; gRPC at ``TFSERVING_GRPC`` if set);
-``tensorflow_model_server`` on PATH → start the real binary; else start labkit's
-protocol-compatible TF-Serving-API server (``labkit tfserving``) as a managed subprocess.
+``tensorflow_model_server`` on PATH → start the real binary; else start labkit's stand-in
+(``labkit tfserving``) as a managed subprocess. The stand-in follows **tensorflow_model_server
+2.20.0** (``UPSTREAM``): its REST routes, HTTP statuses, error bodies and gRPC codes are ported
+from that release's sources and checked by its own test cases (tests/test_tfserving_upstream.py).
+``handle.label`` says which server answered, for every printed figure and plot title.
 Ready means a real prediction succeeded.
 
     with tfserving.start(model_base_path=savedmodels.export_versions()) as tfs:
@@ -21,10 +24,12 @@ from labkit import config
 from labkit.errors import BadInput, ServiceUnavailable
 from labkit.runtime import process
 
-__all__ = ["TFServingHandle", "start"]
+__all__ = ["STAND_IN", "UPSTREAM", "TFServingHandle", "start"]
 
 READY_TIMEOUT_S = 120.0
 REAL_BINARY = "tensorflow_model_server"
+UPSTREAM = "tensorflow_model_server 2.20.0"
+STAND_IN = f"labkit stand-in (follows {UPSTREAM})"
 
 
 class TFServingHandle(process.Handle):
@@ -35,6 +40,17 @@ class TFServingHandle(process.Handle):
         self.grpc_target = grpc_target
         self.model_name = model_name
         self.kind = kind
+
+    @property
+    def label(self) -> str:
+        """Which server this is, for figures: the stand-in says so and names the release it follows."""
+        if self.kind == "external":
+            return f"TF Serving at {self.url}"
+        return self.kind
+
+    @property
+    def is_stand_in(self) -> bool:
+        return self.kind == STAND_IN
 
     def predict_url(self, version: int | None = None, label: str | None = None) -> str:
         """REST predict URL for the model, optionally pinned to a version or a label."""
@@ -86,10 +102,7 @@ def start(
     real = shutil.which(REAL_BINARY)
     if enable_batching:  # the real binary reads these from a batching parameters file only
         params = config.cache_dir("tfserving") / f"batching-{max_batch_size}-{batch_timeout_micros}-{num_batch_threads}.txt"
-        params.write_text(
-            f"max_batch_size {{ value: {max_batch_size} }}\nbatch_timeout_micros {{ value: {batch_timeout_micros} }}\n"
-            f"num_batch_threads {{ value: {num_batch_threads} }}\n"
-        )
+        params.write_text(f"max_batch_size {{ value: {max_batch_size} }}\nbatch_timeout_micros {{ value: {batch_timeout_micros} }}\nnum_batch_threads {{ value: {num_batch_threads} }}\n")
         flags += ["--enable_batching", f"--batching_parameters_file={params}"]
     cmd = [real, *flags] if real else [sys.executable, "-m", "labkit", "tfserving", *flags]
     url = f"http://127.0.0.1:{rest_port}"
@@ -97,4 +110,4 @@ def start(
     env = {"TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     predict = f"{url}/v1/models/{model_name}:predict"
     proc = process.start("tfserving", cmd, env=env, ready=lambda: _probe(predict), timeout_s=timeout_s, install_hint="pip install tensorflow-cpu; pip install --no-deps tensorflow-serving-api")
-    return TFServingHandle(url, f"127.0.0.1:{grpc_port}", model_name, proc, "tensorflow_model_server" if real else "labkit TF-Serving-API server", started_s=time.monotonic() - t0)
+    return TFServingHandle(url, f"127.0.0.1:{grpc_port}", model_name, proc, "tensorflow_model_server" if real else STAND_IN, started_s=time.monotonic() - t0)

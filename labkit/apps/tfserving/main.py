@@ -1,4 +1,4 @@
-"""Command line that mirrors ``tensorflow_model_server``'s flags (the ones this lab needs).
+"""Command line that mirrors tensorflow_model_server 2.20.0's flags (the ones this lab needs).
 
     python -m labkit tfserving --port=8500 --rest_api_port=8501 \\
         --model_name=digits --model_base_path=/models/digits [--enable_batching] \\
@@ -22,7 +22,7 @@ __all__ = ["main", "parse_args", "registries_from_args"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="labkit tfserving", description="TF-Serving-API server (protocol-compatible stand-in for tensorflow_model_server).")
+    p = argparse.ArgumentParser(prog="labkit tfserving", description="labkit's stand-in for tensorflow_model_server 2.20.0 (its REST and gRPC API, statuses and error texts).")
     p.add_argument("--port", type=int, default=8500, help="gRPC port (0: no gRPC)")
     p.add_argument("--rest_api_port", type=int, default=0, help="REST port (0: no REST)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (labkit extension; the lab binds loopback only)")

@@ -1,4 +1,12 @@
-"""Model versions on disk → loaded servables: version policy, labels, polling, batching."""
+"""Model versions on disk → loaded servables: version policy, labels, polling, batching.
+
+Label and version look-up follow tensorflow_model_server 2.20.0 (``server_core.cc``
+``ServableRequestFromModelSpec`` / ``GetModelVersionForLabel``, ``core/manager.h`` request
+names, ``get_model_status_impl.cc``): an unknown label is INVALID_ARGUMENT ("Unrecognized
+servable version label: L"), a version not loaded is NOT_FOUND ("Servable not found for request:
+Specific(M, V)"), and the status of a model lists every version it has seen, newest first
+(unloaded ones as END).
+"""
 
 from __future__ import annotations
 
@@ -13,15 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from labkit.apps.tfserving.status import FailedPrecondition, InvalidArgument, NotFound
+
 __all__ = ["BatchStats", "BatchingParameters", "InvalidArgument", "ModelRegistry", "NotFound", "Servable", "VersionPolicy"]
-
-
-class NotFound(Exception):
-    """No servable matches the request (HTTP 404, gRPC NOT_FOUND)."""
-
-
-class InvalidArgument(Exception):
-    """The request does not fit the model (HTTP 400, gRPC INVALID_ARGUMENT)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,15 @@ class _Batcher:
             start += n
 
 
+def _tf_name(dtype: np.dtype) -> str:
+    import tensorflow as tf
+
+    try:
+        return str(tf.as_dtype(dtype).name)
+    except TypeError:
+        return str(dtype)
+
+
 class Servable:
     """One loaded SavedModel version and its signatures."""
 
@@ -144,24 +155,45 @@ class Servable:
         self.name = name
         self.version = version
         self.path = path
+        from labkit.apps.tfserving.signatures import load_meta_graph
+
         self.loaded = tf.saved_model.load(str(path))
         self.signatures = dict(self.loaded.signatures)
+        self.meta_graph = load_meta_graph(path)
+        self._in_specs: dict[str, dict[str, Any]] = {}
+        self._out_specs: dict[str, dict[str, Any]] = {}
         self._batchers: dict[str, _Batcher] = {}
         if batching is not None:
             for sig_name in self.signatures:
                 self._batchers[sig_name] = _Batcher(lambda x, s=sig_name: self._call(s, x), batching, stats)
 
     def signature(self, name: str | None) -> tuple[str, Any]:
+        """The signature ``name`` (default ``serving_default``); RunPredict's FAILED_PRECONDITION if absent."""
         key = name or "serving_default"
         if key not in self.signatures:
-            raise InvalidArgument(f'Serving signature name: "{key}" not found in signature def')
+            raise FailedPrecondition(f'Serving signature key "{key}" not found.')
         return key, self.signatures[key]
 
+    def rest_input_dtypes(self, name: str) -> dict[str, str]:
+        """The REST handler's ``GetInfoMap``: {input alias: dtype name}, or its INVALID_ARGUMENT."""
+        from labkit.apps.tfserving.signatures import input_dtypes
+
+        key = name or "serving_default"
+        if key not in self.meta_graph.signature_def:
+            raise InvalidArgument(f'Serving signature name: "{key}" not found in signature def')
+        return input_dtypes(self.meta_graph.signature_def[key])
+
     def input_specs(self, name: str | None) -> dict[str, Any]:
-        return dict(self.signature(name)[1].structured_input_signature[1])
+        key, fn = self.signature(name)
+        if key not in self._in_specs:  # cached: read on every request
+            self._in_specs[key] = dict(fn.structured_input_signature[1])
+        return self._in_specs[key]
 
     def output_specs(self, name: str | None) -> dict[str, Any]:
-        return dict(self.signature(name)[1].structured_outputs)
+        key, fn = self.signature(name)
+        if key not in self._out_specs:
+            self._out_specs[key] = dict(fn.structured_outputs)
+        return self._out_specs[key]
 
     def _call(self, sig_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tensorflow as tf
@@ -177,16 +209,33 @@ class Servable:
         """Check inputs against the signature; return the signature key and the inputs cast to its dtypes."""
         key, _ = self.signature(sig_name)
         specs = self.input_specs(key)
-        if set(inputs) != set(specs):
-            raise InvalidArgument(f"input names {sorted(inputs)} do not match the signature's {sorted(specs)}")
+        if len(inputs) != len(specs):  # predict_util.cc VerifyRequestInputsSize (no defaults here)
+            sent, want = sorted(inputs), sorted(specs)
+            raise InvalidArgument(
+                f"input size does not match signature: {len(sent)}!={len(want)} len({{{','.join(sent)}}}) != len({{{','.join(want)}}}). "
+                f"Sent extra: {{{','.join(k for k in sent if k not in specs)}}}. Missing but required: {{{','.join(k for k in want if k not in inputs)}}}."
+            )
+        sig_inputs = self.meta_graph.signature_def[key].inputs if key in self.meta_graph.signature_def else {}
+        for alias in sorted(specs):  # saved_model::GetInputValues
+            if alias not in inputs:
+                feed = sig_inputs[alias].name if alias in sig_inputs else alias
+                raise InvalidArgument(
+                    f"Signature input alias: {alias}(feed name: {feed}) not found in request and no default value provided. "
+                    f"Inputs expected to be in the request {{{','.join(sorted(inputs))}}}, or default input alias set: "
+                )
         cast = {}
-        for k, spec in specs.items():
+        for i, (k, spec) in enumerate(sorted(specs.items())):
+            given = np.asarray(inputs[k])
+            want = np.dtype(spec.dtype.as_numpy_dtype)
+            if given.dtype != want and not (want.kind == "O" and given.dtype.kind in "OSU"):  # DirectSession's feed check
+                raise InvalidArgument(f"Expects arg[{i}] to be {spec.dtype.name} but {_tf_name(given.dtype)} is provided")
             try:
                 arr = np.asarray(inputs[k], dtype=spec.dtype.as_numpy_dtype)
             except (TypeError, ValueError) as exc:
                 raise InvalidArgument(f"input {k!r} cannot be read as {spec.dtype.name}: {exc}") from exc
-            if not spec.shape.is_compatible_with(arr.shape):
-                raise InvalidArgument(f"input {k!r} has shape {list(arr.shape)}, the signature expects {spec.shape.as_list()} (None = any)")
+            if not spec.shape.is_compatible_with(arr.shape):  # upstream: the TF runtime's own error (graph-specific text)
+                dims = ",".join("?" if d is None else str(d) for d in spec.shape.as_list())
+                raise InvalidArgument(f"input {k}: shape [{','.join(map(str, arr.shape))}] is incompatible with the signature's shape [{dims}] (labkit stand-in's message)")
             cast[k] = arr
         return key, cast
 
@@ -227,6 +276,7 @@ class ModelRegistry:
         self.batching = batching
         self.stats = BatchStats()
         self._servables: dict[int, Servable] = {}
+        self._ended: set[int] = set()  # versions unloaded since start (state END in the status)
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -246,6 +296,8 @@ class ModelRegistry:
         with self._lock:
             gone = [v for v in self._servables if v not in wanted]
             removed = [self._servables.pop(v) for v in gone]
+            self._ended.update(gone)
+            self._ended.difference_update(self._servables)
         for s in removed:
             s.close()
 
@@ -268,7 +320,7 @@ class ModelRegistry:
         with self._lock:
             if label is not None:
                 if label not in self.labels:
-                    raise NotFound(f"Unrecognized servable version label: {label}")
+                    raise InvalidArgument(f"Unrecognized servable version label: {label}")
                 version = self.labels[label]
             if version is not None:
                 if version not in self._servables:
@@ -279,8 +331,17 @@ class ModelRegistry:
             return self._servables[max(self._servables)]
 
     def status(self, version: int | None = None) -> list[dict[str, Any]]:
-        versions = self.loaded() if version is None else [self.resolve(version).version]
-        return [{"version": str(v), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}} for v in sorted(versions, reverse=True)]
+        """GetModelStatusWithModelSpec(): one version, or every version seen (newest first); labels play no part."""
+        with self._lock:
+            states = {v: "END" for v in self._ended}
+            states.update({v: "AVAILABLE" for v in self._servables})
+        if version is not None:
+            if version not in states:
+                raise NotFound(f"Could not find version {version} of model {self.name}")
+            states = {version: states[version]}
+        elif not states:
+            raise NotFound(f"Could not find any versions of model {self.name}")
+        return [{"version": str(v), "state": st, "status": {"error_code": "OK", "error_message": ""}} for v, st in sorted(states.items(), reverse=True)]
 
     def servables(self) -> Iterator[Servable]:
         with self._lock:

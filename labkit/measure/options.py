@@ -1,0 +1,286 @@
+"""The capstone's options: one small entry per row, each with the deployment code it really needs.
+
+Every entry names the row (what it is in its name: "emulated", "stand-in", "null server"...), its
+family (for the seed's opinion columns), its kind (``capstone.KINDS``), the ``labkit.needs`` key
+of the component it cannot run without, and a deploy function returning a ``capstone.Deployed``.
+Notebook 14 shows the deploy functions (``labkit.show``) and counts their lines; ``labkit bench
+capstone`` runs a subset. A new server is one more ``Option(...)`` line in ``options()``.
+Shown in 14.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labkit.measure import capstone
+from labkit.measure.capstone import Deployed
+
+__all__ = [
+    "DEPLOY_DIR",
+    "KUBE_FILES",
+    "N_WORKERS",
+    "TF_STAND_IN",
+    "Option",
+    "deploy_celery",
+    "deploy_celery_rabbitmq",
+    "deploy_floor",
+    "deploy_front_in_process",
+    "deploy_front_pool",
+    "deploy_front_ray_tasks",
+    "deploy_kubernetes",
+    "deploy_kubernetes_retrying",
+    "deploy_loc",
+    "deploy_null",
+    "deploy_ray_serve",
+    "deploy_tfserving",
+    "deploy_torchserve",
+    "options",
+]
+
+N_WORKERS = 2  # workers / replicas per option: one per core
+DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
+# What a Kubernetes user writes besides the Python: the image and the base manifests (notebook 08).
+KUBE_FILES = ("Dockerfile", "k8s/base/deployment.yaml", "k8s/base/service.yaml", "k8s/base/hpa.yaml", "k8s/base/kustomization.yaml")
+TF_STAND_IN = "TF Serving stand-in (labkit, follows 2.20.0)"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One row of the capstone: name, family, kind, the needs key (None: always here), deploy()."""
+
+    name: str
+    family: str
+    kind: str
+    what: str
+    deploy: Callable[[], Deployed]
+    needs: str | None = None
+    files: Sequence[str] = field(default_factory=tuple)  # files under deploy/ that count as its code
+    uses: Sequence[Callable[..., Any]] = field(default_factory=tuple)  # functions its deploy calls, counted too
+
+    def __post_init__(self) -> None:
+        if self.kind not in capstone.KINDS:
+            raise ValueError(f"kind must be one of {capstone.KINDS}, got {self.kind!r}")
+
+
+# region: floor-and-front
+def deploy_floor() -> Deployed:
+    """The model in the caller's own threads: no HTTP, no JSON. The floor every row is above."""
+    from labkit.models import digit_nets, wide
+
+    cnn = digit_nets.trained(digit_nets.TrainConfig(arch="cnn"), progress=False)
+    big = wide.wide_trained()
+    return Deployed(call=lambda x: int(digit_nets.predict(cnn, x[None])[0]), wide_call=lambda x: int(big.predict(x[None])[0]),
+                    stop=lambda: None, in_process=True, kill_note="n/a: no worker (a crash is the caller's crash)")
+
+
+def _front(backend: str, **kw: Any) -> Deployed:
+    from labkit.services import front
+
+    fr = front.start(backend, n_workers=N_WORKERS)
+    return Deployed(url=fr.predict_url("cnn"), wide_url=fr.predict_url("wide"), codec="model-server", stop=fr.stop, pids=lambda: [fr.pid], **kw)  # type: ignore[list-item]
+
+
+def deploy_null() -> Deployed:
+    """The thin FastAPI front with nothing behind it: JSON in, JSON out. The ceiling of every HTTP row."""
+    return _front("null", check=False, kill_note="n/a: no model behind it")
+
+
+def deploy_front_in_process() -> Deployed:
+    """The same front, the model in its own threads."""
+    return _front("in-process", kill_note="n/a: one process (restarting it is a supervisor's job)")
+
+
+def deploy_front_pool() -> Deployed:
+    """The same front over notebook 05's ResilientPool: a killed worker's pool is rebuilt and the task resubmitted."""
+    from labkit.runtime import process
+
+    d = _front("pool")
+    front_pid = next(iter(d.pids()))
+    d.kill = lambda: process.kill_descendant([front_pid], "spawn_main")
+    return d
+
+
+def deploy_front_ray_tasks() -> Deployed:
+    """The same front; one ``@ray.remote(max_retries=3)`` task per request on a Ray the front started."""
+    from labkit.runtime import process
+
+    d = _front("ray-tasks")
+    front_pid = next(iter(d.pids()))
+    d.kill = lambda: process.kill_descendant([front_pid], "ray::classify", "ray::IDLE")
+    return d
+# endregion
+
+
+# region: servers
+def deploy_celery(broker_kind: str = "redis") -> Deployed:
+    """Celery workers behind the FastAPI gateway (06), on Redis or RabbitMQ; results in Redis. The CNN only."""
+    from labkit.services import celery as celery_svc
+    from labkit.services import gateway, rabbitmq, redis
+
+    backend = redis.start()
+    broker = rabbitmq.start() if broker_kind == "rabbitmq" else backend
+    workers = celery_svc.start_workers(N_WORKERS, broker_url=broker.url, backend_url=backend.url)
+    gw = gateway.start(broker.url, backend.url)
+    handles = [gw, *workers, *([broker] if broker is not backend else []), backend]
+
+    def kill() -> str:
+        workers[0].kill()
+        return workers[0].nodename
+
+    return Deployed(url=gw.url + "/predict", codec="gateway", stop=lambda: _stop_all(handles),
+                    pids=lambda: [h.pid for h in handles if h.pid], kill=kill)
+
+
+def deploy_ray_serve() -> Deployed:
+    """Ray Serve (07): the CNN with two replicas, the wide model batched (``@serve.batch``, up to 16)."""
+    import numpy as np
+    import torch
+    from ray import serve
+
+    from labkit.apps import wire
+    from labkit.models import digit_nets, wide
+    from labkit.runtime import process
+    from labkit.services import ray as ray_service
+
+    codec = wire.CODECS["ray-serve"]
+
+    @serve.deployment(num_replicas=N_WORKERS, ray_actor_options={"num_cpus": 0.5})
+    class Digits:
+        def __init__(self) -> None:
+            torch.set_num_threads(1)
+            self.model = digit_nets.trained(digit_nets.TrainConfig(arch="cnn"), progress=False)
+
+        async def __call__(self, request: Any) -> dict[str, Any]:
+            return {"pred": digit_nets.predict(self.model, codec.decode(await request.json())).tolist()}
+
+    @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+    class Wide:
+        def __init__(self) -> None:
+            torch.set_num_threads(1)
+            self.model = wide.wide_trained()
+
+        @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+        async def predict(self, xs: list[Any]) -> list[list[int]]:
+            preds = self.model.predict(np.concatenate(xs)).tolist()
+            bounds = np.cumsum([0, *[len(x) for x in xs]])
+            return [preds[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+        async def __call__(self, request: Any) -> dict[str, Any]:
+            return {"pred": await self.predict(codec.decode(await request.json()))}
+
+    cluster = ray_service.start(num_cpus=N_WORKERS)
+    url = cluster.start_serve()
+    serve.run(Digits.bind(), name="digits", route_prefix="/digits")  # type: ignore[attr-defined]
+    serve.run(Wide.bind(), name="wide", route_prefix="/wide")  # type: ignore[attr-defined]
+    return Deployed(url=url + "/digits", wide_url=url + "/wide", codec="ray-serve", stop=cluster.stop, pids=lambda: cluster.pids,
+                    kill=lambda: process.kill_descendant([os.getpid()], "ServeReplica:digits"))
+
+
+def deploy_kubernetes(service: str = "kube-proxy") -> Deployed:
+    """Replica processes of the model server (08) behind a Service; the control plane is labkit's emulation.
+
+    ``service="kube-proxy"``: a request to a dead replica fails, as in Kubernetes; ``"retrying"``:
+    the client (or an ingress) retries it on another replica — the client's choice. The CNN only.
+    """
+    from labkit.kube import emulator, hpa
+
+    dep = emulator.start_deployment(replicas=N_WORKERS, service=service)
+    scaler = emulator.Autoscaler(dep, hpa.HPA(min_replicas=N_WORKERS, max_replicas=N_WORKERS + 1), target_utilization=50).start()
+    return Deployed(url=dep.url + "/predict", codec="model-server", stop=lambda: _stop_all([scaler, dep]),
+                    pids=lambda: [p.pid for p in dep.processes()], kill=dep.kill)
+
+
+def deploy_celery_rabbitmq() -> Deployed:
+    """``deploy_celery`` on RabbitMQ."""
+    return deploy_celery("rabbitmq")
+
+
+def deploy_kubernetes_retrying() -> Deployed:
+    """``deploy_kubernetes`` with the retrying Service: retries are the client's choice."""
+    return deploy_kubernetes("retrying")
+
+
+def deploy_torchserve() -> Deployed:
+    """TorchServe (09): the CNN on two workers, the wide model as an MLP with dynamic batching (16, 10 ms)."""
+    from labkit.models import digit_nets, wide
+    from labkit.runtime import process
+    from labkit.services import torchserve
+
+    store = torchserve.model_store("capstone-models")
+    cnn = torchserve.archive("digits", "1.0", digit_nets.trained(digit_nets.TrainConfig(arch="cnn"), progress=False), store)
+    big = torchserve.archive("wide", "1.0", wide.wide_mlp(), store)
+    ts = torchserve.start(store, models={"digits": cnn.name})
+    try:
+        ts.scale("digits", min_workers=N_WORKERS)
+        ts.register(big.name, batch_size=16, max_batch_delay_ms=10, initial_workers=1)
+    except BaseException:
+        ts.stop()
+        raise
+    return Deployed(url=ts.predictions_url("digits"), wide_url=ts.predictions_url("wide"), codec="torchserve", stop=ts.stop, pids=lambda: [ts.pid],  # type: ignore[list-item]
+                    kill=lambda: process.kill_descendant([ts.pid], "model_service_worker"))  # type: ignore[list-item]
+
+
+def deploy_tfserving() -> Deployed:
+    """labkit's TF Serving stand-in (10), serving the CNN's Keras twin. The CNN only (its wide twin is untrained: notebook 10 batches it)."""
+    from labkit.models import savedmodels
+    from labkit.services import tfserving
+
+    tfs = tfserving.start(model_base_path=savedmodels.export_versions())
+    return Deployed(url=tfs.predict_url(), codec="tfserving", stop=tfs.stop, pids=lambda: [tfs.pid], exact=False,  # type: ignore[list-item]
+                    kill_note="not measured: one server process; restarting it is a supervisor's job",
+                    wide_note="not measured: the stand-in's wide twin is untrained (notebook 10 measures its batching)")
+# endregion
+
+
+def _stop_all(handles: Sequence[Any]) -> None:
+    """Stop each handle in order; every one is stopped even if an earlier stop raised."""
+    errors = []
+    for h in handles:
+        try:
+            h.stop()
+        except Exception as exc:  # re-raised once all are stopped
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+def options() -> list[Option]:
+    """Every row of the capstone, in the order they run (servers not in this checkout are left out)."""
+    rows = [
+        Option("In-process, no HTTP (floor)", "In-process", "reference", "the model in the caller's threads: no HTTP, no JSON", deploy_floor),
+        Option("HTTP front, no model (null-server ceiling)", "Null server", "reference", "the FastAPI front answering without a model", deploy_null, uses=(_front,)),
+        Option("HTTP front + in-process model", "In-process", "real", "the FastAPI front running the model in its threads", deploy_front_in_process, uses=(_front,)),
+        Option("HTTP front + ProcessPool (recovering, 05)", "ProcessPoolExecutor", "real", "the front over notebook 05's ResilientPool", deploy_front_pool, uses=(_front,)),
+        Option("HTTP front + Ray tasks", "Ray", "real", "the front; one Ray task per request", deploy_front_ray_tasks, uses=(_front,)),
+        Option("Celery + Redis", "Celery", "real", "FastAPI gateway → Redis → Celery workers", deploy_celery, "redis"),
+        Option("Celery + RabbitMQ", "Celery", "real", "FastAPI gateway → RabbitMQ → Celery workers", deploy_celery_rabbitmq, "rabbitmq", uses=(deploy_celery,)),
+        Option("Ray Serve", "Ray", "real", "Ray Serve HTTP proxy → replicas", deploy_ray_serve),
+        Option("Kubernetes Service, no retries (emulated)", "Kubernetes", "emulated", "replica processes behind a kube-proxy-like Service; control plane emulated", deploy_kubernetes, files=KUBE_FILES),
+        Option("Kubernetes + retrying client (emulated; retries are the client's choice)", "Kubernetes", "emulated", "the same, with the client retrying on another replica", deploy_kubernetes_retrying, files=KUBE_FILES, uses=(deploy_kubernetes,)),
+        Option("TorchServe", "TorchServe", "real", "TorchServe (Java frontend, Python workers)", deploy_torchserve, "java"),
+        Option(TF_STAND_IN, "TF Serving", "stand-in", "labkit's Python re-implementation of the TF Serving REST API", deploy_tfserving, "tensorflow"),
+    ]
+    # Triton and LitServe get one row each once their modules are in this checkout (labkit/services/triton.py, litserve.py).
+    for module in ("triton", "litserve"):
+        if importlib.util.find_spec(f"labkit.services.{module}") is not None and hasattr(importlib.import_module(f"labkit.services.{module}"), "capstone_option"):
+            rows.append(importlib.import_module(f"labkit.services.{module}").capstone_option())
+    return rows
+
+
+def deploy_loc(option: Option) -> int:
+    """Lines a user writes to deploy ``option``: its deploy function(s) without docstrings, plus its files under deploy/."""
+    from labkit.measure.report import count_loc
+
+    n = sum(count_loc(_without_docstring(inspect.getsource(f))) for f in (option.deploy, *option.uses))
+    return n + sum(count_loc((DEPLOY_DIR / rel).read_text()) for rel in option.files)
+
+
+def _without_docstring(src: str) -> str:
+    parts = src.split('"""')
+    return parts[0] + '"""'.join(parts[2:]) if len(parts) >= 3 else src
