@@ -15,7 +15,7 @@ def test_every_variant_is_warmed_up_then_interleaved_in_alternating_order() -> N
     assert set(samples) == {"a", "b"} and all(len(s.seconds) == 3 for s in samples.values())
 
 
-def test_a_fast_point_is_repeated_until_it_lasts_min_s(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_fast_point_is_repeated_until_its_rounds_last_min_s(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [0.0]  # a fake clock: every call of the work takes exactly 2 ms, however busy the machine is
     monkeypatch.setattr(repeats, "now", lambda: clock[0])
     n = [0]
@@ -25,8 +25,8 @@ def test_a_fast_point_is_repeated_until_it_lasts_min_s(monkeypatch: pytest.Monke
         clock[0] += 0.002
 
     sample = repeats.interleave({"fast": work}, rounds=2, min_s=0.02)["fast"]
-    assert sample.calls_per_round == 10
-    assert n[0] == 1 + 2 * 10
+    assert sample.calls_per_round == 5  # 2 rounds × 5 calls × 2 ms = the 20 ms asked for the point
+    assert n[0] == 1 + 2 * 5
     assert sample.median_s == pytest.approx(0.002)  # seconds per call, not per round
 
 
