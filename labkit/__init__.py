@@ -23,6 +23,8 @@ Layout — one folder per concern (the README's Layout section says the same):
                         trace, engine (static vs continuous batching), sweep, sharded decode
     kube/               Kubernetes: the HPA controller algorithm, the local emulator, kubectl
     bench/              ``labkit bench``: the target format and one module per benchmark
+    cluster/            ``labkit cluster up|status|down``: a local multi-node cluster (Ray nodes,
+                        brokers, Celery hosts, servers) owned by one supervisor; torchrun per node
     gpu_check/          ``labkit gpu-check``: the GPU paths in one capped run, its wheels, its report
     exercises/          the checks behind each notebook's exercises; the student edition
     needs               every optional component as data: how it is found, how to get it, which

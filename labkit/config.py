@@ -17,8 +17,10 @@ Read inside the servers labkit starts (their launchers set them for the child):
     LABKIT_CELERY_WORKERS   external: Celery workers already run on the broker (a cluster's hosts);
                             notebooks use them instead of starting their own (default: start them)
 
-    CELERY_BROKER_URL, CELERY_RESULT_BACKEND, REDIS_URL, RAY_ADDRESS, TORCHSERVE_URL,
+    CELERY_BROKER_URL, CELERY_RESULT_BACKEND, REDIS_URL, RABBITMQ_URL, RAY_ADDRESS, TORCHSERVE_URL,
     TFSERVING_URL, KUBECONFIG   use that real deployment instead of starting a local one
+    (Celery itself lets CELERY_BROKER_URL / CELERY_RESULT_BACKEND override every app's own
+    setting; REDIS_URL and RABBITMQ_URL name one broker each and leave the apps alone)
 
 Used in every notebook (the parameters cell).
 """
@@ -61,6 +63,7 @@ EXTERNAL_SERVICE_VARS = (
     "CELERY_BROKER_URL",
     "CELERY_RESULT_BACKEND",
     "REDIS_URL",
+    "RABBITMQ_URL",
     "RAY_ADDRESS",
     "TORCHSERVE_URL",
     "TFSERVING_URL",

@@ -331,6 +331,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("14", "java", "the TorchServe option: its row in the table, its points on the plots"),
     Section("14", "ray", WHOLE),
     Section("14", "tensorflow", "the TF Serving API option: its row in the table, its points on the plots"),
+    Section("14", "triton", "the Triton option: its row in the wide-model table, its points on the plots"),
+    Section("14", "litserve", "the LitServe option: its row in the wide-model table, its points on the plots"),
     Section("tests", "chromium", "tests/test_browser.py: JupyterLab driven in a real headless browser"),
 )
 

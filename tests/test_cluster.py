@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,7 +97,7 @@ def test_07_ray_runs_tasks_on_both_nodes(lab_cluster: harness.Cluster) -> None:
 
 
 def test_06_celery_uses_the_cluster_workers(lab_cluster: harness.Cluster) -> None:
-    env = pick(lab_cluster.env, "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL", "LABKIT_CELERY_WORKERS")
+    env = pick(lab_cluster.env, "REDIS_URL", "RABBITMQ_URL", "LABKIT_CELERY_WORKERS")
     text = run_notebook("06", env)
     hosts = set(re.findall(r"\b(?:w|mq)\d@host\d\b", text))
     assert len({h for h in hosts if h.startswith("w")}) >= 2, hosts
@@ -122,8 +123,46 @@ def test_torchrun_on_two_nodes(lab_cluster: harness.Cluster) -> None:
     result = torchrun.launch(nnodes=2)
     assert result.returncodes == [0, 0], result.logs
     assert sorted(result.ranks) == [0, 1]
-    assert {r["node_dir"] for r in result.ranks.values()} != 1  # each rank ran from its own node folder
     assert len({r["node_dir"] for r in result.ranks.values()}) == 2
     assert len({r["weights"] for r in result.ranks.values()}) == 1
     assert result.ranks[0]["max_abs_diff"] <= 1e-5 and result.ranks[0]["rank_sum"] == 1.0
     assert_healthy(lab_cluster)
+
+
+# ---------------------------------------------------------------- without the cluster (seconds)
+
+
+def test_ray_node_commands_carry_token_auth_and_resources(tmp_path: Path) -> None:
+    from labkit.cluster import ray_nodes
+
+    token = ray_nodes.write_token(tmp_path / "auth_token")
+    assert len(token.read_text()) == 64 and (token.stat().st_mode & 0o077) == 0
+    temp = ray_nodes.short_temp(tmp_path)
+    head = ray_nodes.head_command(temp, 6379, 1, {"host_head": 1.0})
+    worker = ray_nodes.worker_command("127.0.0.1:6379", temp, 1, {"host_node1": 1.0})
+    assert head[1:3] == ["start", "--head"] and "--block" in head and '--resources={"host_head": 1.0}' in head
+    assert "--address=127.0.0.1:6379" in worker and "--head" not in worker
+    env = ray_nodes.node_env(token, temp)
+    assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == str(token)
+    assert len(str(temp / "session_2026-12-02_04-08-21_473348_15321/sockets/plasma_store")) < 108
+    shutil.rmtree(temp)
+
+
+def test_celery_workers_switch_and_fingerprint_diff(monkeypatch: pytest.MonkeyPatch) -> None:
+    from labkit.cluster import fingerprint
+    from labkit.errors import BadInput
+
+    monkeypatch.setenv("LABKIT_CELERY_WORKERS", "external")
+    assert config.celery_workers_external()
+    monkeypatch.setenv("LABKIT_CELERY_WORKERS", "bogus")
+    with pytest.raises(BadInput):
+        config.celery_workers_external()
+    a = {"code": "1", "packages": {"torch": "2"}, "weights": "w"}
+    assert fingerprint.differences([a, dict(a)]) == []
+    assert fingerprint.differences([a, {**a, "weights": "v"}]) == ["weights: [\"'v'\", \"'w'\"]"]
+
+
+def test_torchrun_command_is_one_launcher_per_node() -> None:
+    cmd = torchrun.command(2, "127.0.0.1:29500", "job", "labkit.patterns.multinode", ["--out", "x"])
+    assert "--nnodes=2" in cmd and "--nproc-per-node=1" in cmd and "--rdzv-backend=c10d" in cmd
+    assert cmd[-4:] == ["-m", "labkit.patterns.multinode", "--out", "x"]

@@ -132,3 +132,12 @@ def test_exercises_both_ways() -> None:
     assert ex04.check_static_efficiency([3, 1], 2 / 3) is True
     with pytest.raises(ExerciseFailed):
         ex04.check_static_efficiency([3, 1], 1.0)
+
+
+def test_exercises_refuse_impossible_numbers() -> None:
+    with pytest.raises(ExerciseFailed, match="impossible"):
+        ex04.check_amdahl(-0.2, 8, 10.0)  # a negative serial fraction was mis-measured
+    with pytest.raises(ExerciseFailed, match="impossible"):
+        ex04.check_amdahl(0.1, 8, 9.0)  # above N
+    with pytest.raises(ExerciseFailed, match="impossible"):
+        ex04.check_static_efficiency([3, 1], 1.5)

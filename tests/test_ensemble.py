@@ -189,3 +189,9 @@ def test_exercise_checks_both_ways(capsys) -> None:  # type: ignore[no-untyped-d
     assert ex02.check_samme_alphas(good, errors, 0.5) is True
     with pytest.raises(ExerciseFailed, match="K - 1"):
         ex02.check_samme_alphas([0.5 * np.log(0.7 / 0.3), 0.5 * np.log(0.4 / 0.6)], errors, 0.5)
+
+
+def test_ideal_speedup_above_the_cores_is_refused() -> None:
+    assert ex02.check_ideal_speedup([1, 2, 1.5, 2], n_workers=2, cores=2) is True
+    with pytest.raises(ExerciseFailed, match="impossible on 1 usable core"):
+        ex02.check_ideal_speedup([1, 2, 1.5, 2], n_workers=2, cores=1)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from labkit.errors import BadInput
@@ -17,17 +15,19 @@ def test_every_variant_is_warmed_up_then_interleaved_in_alternating_order() -> N
     assert set(samples) == {"a", "b"} and all(len(s.seconds) == 3 for s in samples.values())
 
 
-def test_a_fast_point_is_repeated_until_it_lasts_min_s() -> None:
+def test_a_fast_point_is_repeated_until_its_rounds_last_min_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]  # a fake clock: every call of the work takes exactly 2 ms, however busy the machine is
+    monkeypatch.setattr(repeats, "now", lambda: clock[0])
     n = [0]
 
     def work() -> None:
         n[0] += 1
-        time.sleep(0.002)
+        clock[0] += 0.002
 
     sample = repeats.interleave({"fast": work}, rounds=2, min_s=0.02)["fast"]
-    assert sample.calls_per_round >= 5
-    assert n[0] == 1 + 2 * sample.calls_per_round
-    assert 0.0015 < sample.median_s < 0.05  # seconds per call, not per round
+    assert sample.calls_per_round == 5  # 2 rounds × 5 calls × 2 ms = the 20 ms asked for the point
+    assert n[0] == 1 + 2 * 5
+    assert sample.median_s == pytest.approx(0.002)  # seconds per call, not per round
 
 
 def test_sample_median_spread_and_ratio() -> None:

@@ -133,3 +133,8 @@ def test_exercise_checks_both_ways() -> None:
     for wrong in ({"0": RowwiseParallel(), "2": ColwiseParallel()}, {"0": ColwiseParallel()}, {}, {"0": ColwiseParallel(), "2": ColwiseParallel()}):
         with pytest.raises(ExerciseFailed):
             ex03.check_mlp_plan(wrong)
+
+
+def test_bubble_fraction_above_one_is_refused() -> None:
+    with pytest.raises(ExerciseFailed, match="impossible"):
+        ex03.check_bubble_fraction(1.5, 4, 8)

@@ -1,7 +1,7 @@
 """``labkit bench data-parallel``: data-parallel efficiency of N replicas, measured side by side.
 
 One ``ReplicaPool`` of N spawned replicas (one torch thread each) runs the same batch inference
-with 1 replica and with N, alternating, best of a few repeats each; efficiency = T1 / (N · TN).
+with 1 replica and with N, alternating after one untimed warm-up of each, best of a few repeats each; efficiency = T1 / (N · TN).
 Per-replica work is large (≥ 1 s at N=2 on this CPU) so start-up and IPC stay a small share.
 Also reported: the shared-queue run, the serial fraction and Amdahl's prediction, and the max
 difference of the parallel logits from single-replica inference. On a machine with a CUDA GPU, one
@@ -36,6 +36,9 @@ def run(fast: bool = False, n_replicas: int = 2) -> bench.Result:
     with dp.ReplicaPool(n_replicas=n_replicas, n_items=n_items) as pool:
         if len(set(pool.hashes)) != 1:
             raise AssertionError(f"replica weights differ: {pool.hashes}")
+        pool.run_static(n_replicas=1)  # warm-up: every replica's first call (allocator, caches) is not timed
+        pool.run_static()
+        pool.run_queue(chunk_size=max(n_items // 100, 256))
         for _ in tqdm(range(repeats), desc="data-parallel", leave=False):
             r1 = pool.run_static(n_replicas=1)
             rn = pool.run_static()

@@ -34,12 +34,12 @@ from typing import Any
 
 from labkit import bench, config
 from labkit.measure.load import Request
+from labkit.measure.recovery import recovery_per_kill
 
 __all__ = ["OPTIONS", "RECOVERY_MARGIN_S", "OptionFaults", "Plan", "celery_option", "measure", "pool_option", "ray_option", "recovery_per_kill", "restore_sweep_s", "run"]
 
 OPTIONS = ("celery-redis", "celery-rabbitmq", "ray-tasks", "pool")
 RECOVERY_MARGIN_S = 2.0  # target: worst recovery ≤ redelivery time + this
-SLOW_FACTOR = 5.0  # a request in flight at a kill and this many times slower than the median was disrupted
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Plan:
 
     @staticmethod
     def pick(fast: bool) -> Plan:
-        return Plan(kills=30, kills_other=6, max_s=150.0) if fast else Plan(kills=60, kills_other=30, max_s=600.0)
+        return Plan(kills=30, kills_other=5, max_s=240.0) if fast else Plan(kills=60, kills_other=30, max_s=900.0)
 
 
 @dataclass
@@ -92,24 +92,6 @@ class OptionFaults:
         return d
 
 
-# region: recovery
-def recovery_per_kill(requests: Sequence[Request], kills: Sequence[float]) -> list[float]:
-    """For each kill time: how long until every request it disrupted had its answer (0: none disrupted).
-
-    Disrupted = in flight at the kill and slower than ``SLOW_FACTOR`` × the median request (or
-    failed). A request disrupted by several kills counts for each of them.
-    """
-    lat = sorted(r.latency_s for r in requests if r.ok)
-    typical = lat[len(lat) // 2] if lat else 0.0
-    slow = max(SLOW_FACTOR * typical, typical + 0.05)
-    out = []
-    for t in kills:
-        ends = [r.start + r.latency_s - t for r in requests if r.start <= t < r.start + r.latency_s and (not r.ok or r.latency_s > slow)]
-        out.append(max(ends, default=0.0))
-    return out
-
-
-# endregion
 
 
 class _Load:
@@ -214,7 +196,10 @@ def celery_option(broker: str, plan: Plan, progress: Any) -> OptionFaults:
     with redis.start(external=False) as backend:
         mq = rabbitmq.start(external=False) if broker == "rabbitmq" else None
         broker_url = mq.url if mq is not None else backend.url
-        out.redelivery_s = celery_client.redelivery_s(broker_url) if broker == "redis" else 0.0
+        # the broker's worst-case redelivery, the one the clients' deadline derives from: Redis 10 + 1 s;
+        # RabbitMQ requeues at once when a killed worker's connection closes, but a silent death
+        # is only noticed after two missed heartbeats (20 s)
+        out.redelivery_s = celery_client.redelivery_s(broker_url)
         names = [f"w{i + 1}" for i in range(plan.workers)]
         workers: dict[str, Any] = {}
         restarting: set[str] = set()
@@ -372,6 +357,7 @@ def pool_option(plan: Plan, progress: Any, workdir: Path) -> OptionFaults:
     sent, lost, n_batches = 0, 0, 0
     requests: list[Request] = []
     stop = threading.Event()
+    last_done = [0.0]  # when the last batch finished: the next kill waits for one after the previous kill
     rp = ResilientPool(n_workers=2, model_names=("mlp",), max_restarts=10**6)
 
     def mapper() -> None:
@@ -389,6 +375,7 @@ def pool_option(plan: Plan, progress: Any, workdir: Path) -> OptionFaults:
             sent += len(ids)
             lost += bad
             requests.extend(Request(t0, dt, None, None if k >= bad else "lost") for k in range(len(ids)))
+            last_done[0] = time.monotonic()
 
     try:
         rp.map(pool_task, [-1, -2], [log, log])  # the first pool: its start-up time is the "redelivery" time
@@ -396,7 +383,16 @@ def pool_option(plan: Plan, progress: Any, workdir: Path) -> OptionFaults:
         thread = threading.Thread(target=mapper, name="faults-pool", daemon=True)
         thread.start()
         time.sleep(0.5)
-        kills = _kill_loop(plan, plan.kills_other, lambda: [p for p in rp.pids if p], lambda pid: os.kill(pid, signal.SIGKILL), t_start + plan.max_s, progress)
+        killed_at = [0.0]
+
+        def victims() -> list[int]:  # one kill per recovered pool: a kill during a restart would only stack them
+            return [p for p in rp.pids if p] if last_done[0] > killed_at[0] else []
+
+        def kill(pid: int) -> None:
+            killed_at[0] = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+
+        kills = _kill_loop(plan, plan.kills_other, victims, kill, t_start + plan.max_s, progress)
         time.sleep(1.0)
         stop.set()
         thread.join(300)
@@ -451,6 +447,9 @@ def run(fast: bool) -> bench.Result:
 
     before = {i["pid"] for i in process.running()}
     plan = Plan.pick(fast)
+    from labkit.measure import probe
+
+    watch = probe.start()
     results = measure(fast, plan=plan)
     process.assert_nothing_left(before=before, quiet=True)
     result = bench.Result("faults")
@@ -470,4 +469,6 @@ def run(fast: bool) -> bench.Result:
             result.targets.append(bench.Target(f"{f.option}: lost at the broker (first delivery never started)", f.lost_at_broker, "tasks"))
         result.figures[f.option] = f.summary()
     result.figures["load_average"] = list(os.getloadavg())
+    report = watch.finish()
+    result.figures["probe"] = report.as_dict() | {"line": report.line()}
     return result

@@ -132,6 +132,9 @@ def run(fast: bool) -> bench.Result:
     result = bench.Result("gateway")
     steps = tqdm(total=2, desc="gateway bench")
     before = {i["pid"] for i in process.running()}
+    from labkit.measure import probe
+
+    watch = probe.start()
     with redis.start(external=False) as r:
         ct.use(r.url, r.url)
         workers = celery_svc.start_workers(2, r.url, r.url)
@@ -173,4 +176,6 @@ def run(fast: bool) -> bench.Result:
         "status_blocking": blocking.status_counts(),
         "load_average": list(os.getloadavg()),
     }
+    report = watch.finish()
+    result.figures["probe"] = report.as_dict() | {"line": report.line()}
     return result

@@ -28,7 +28,7 @@ from labkit.runtime import process
 
 __all__ = ["Cluster", "current", "up"]
 
-UP_TIMEOUT_S = 600.0
+UP_TIMEOUT_S = 1200.0  # a loaded 2-core machine: TF, torch and Java each import for minutes
 DOWN_TIMEOUT_S = 120.0
 
 

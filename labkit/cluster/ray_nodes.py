@@ -109,9 +109,10 @@ def _node_flags(temp: Path, num_cpus: int, resources: dict[str, float]) -> list[
 
 def head_command(temp: Path, port: int, num_cpus: int = 1, resources: dict[str, float] | None = None) -> list[str]:
     """``ray start --head`` on ``port``, without the dashboard's web UI (nine more processes; the GCS answers health checks)."""
-    client_port = free_ports(1)[0]
+    client_port, dashboard_port = free_ports(2)  # without the UI a minimal dashboard still binds (8265 by default)
     return [
-        *_ray(), "start", "--head", f"--port={port}", "--include-dashboard=false", f"--ray-client-server-port={client_port}",
+        *_ray(), "start", "--head", f"--port={port}", "--include-dashboard=false", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={client_port}",
         *_node_flags(temp, num_cpus, resources or {}),
     ]  # fmt: skip
 

@@ -107,12 +107,13 @@ class Supervisor:
 
         r = redis.start(external=False)
         self._add("broker", "redis", r, r.url)
-        self.state["env"].update({"REDIS_URL": r.url, "CELERY_RESULT_BACKEND": r.url, "CELERY_BROKER_URL": r.url, "LABKIT_CELERY_WORKERS": "external"})
+        # not CELERY_BROKER_URL / CELERY_RESULT_BACKEND: Celery lets those override every app's own URLs
+        self.state["env"].update({"REDIS_URL": r.url, "LABKIT_CELERY_WORKERS": "external"})
         brokers = [("w", r.url)]
         if rabbit:
             mq = rabbitmq.start(external=False)
             self._add("broker", "rabbitmq", mq, mq.url)
-            self.state["env"]["CELERY_BROKER_URL"] = mq.url
+            self.state["env"]["RABBITMQ_URL"] = mq.url
             brokers.append(("mq", mq.url))
         from labkit.models import digit_nets
 

@@ -37,8 +37,11 @@ def _ideal(n_members: int, n_workers: int) -> float:
     return n_members / math.ceil(n_members / n_workers)
 
 
-def check_ideal_speedup(speedups: Any, n_workers: int = 2) -> bool:
-    """★★ ``speedups[k]`` is the ideal speedup of k+1 equal members pinned round-robin on ``n_workers``."""
+def check_ideal_speedup(speedups: Any, n_workers: int = 2, cores: int | None = None) -> bool:
+    """★★ ``speedups[k]`` is the ideal speedup of k+1 equal members pinned round-robin on ``n_workers``.
+
+    With ``cores`` (the usable cores), an ideal above it is refused: no pool runs faster than its cores.
+    """
     hint = "the slowest worker runs ceil(n_members / n_workers) members; the speedup is n_members divided by that"
     problem = None
     if not is_unanswered(speedups):
@@ -46,6 +49,8 @@ def check_ideal_speedup(speedups: Any, n_workers: int = 2) -> bool:
         expected = [_ideal(n, n_workers) for n in range(1, len(got) + 1)]
         if len(got) < 3:
             problem = f"give at least 3 values (1, 2, 3 … members), got {len(got)}"
+        elif cores is not None and max(got) > cores + 1e-9:
+            problem = f"an ideal of {max(got):.3g}× is impossible on {cores} usable core(s): a speedup above the core count means the count of workers or the formula is wrong"
         elif not np.allclose(got, expected, rtol=1e-3):
             bad = next(i for i, (g, e) in enumerate(zip(got, expected)) if not math.isclose(g, e, rel_tol=1e-3))
             problem = f"with {bad + 1} member(s) on {n_workers} workers the ideal speedup is not {got[bad]:.3g}"

@@ -29,7 +29,9 @@ def check_bubble_fraction(answer: Any, n_stages: int = 4, n_microbatches: int = 
             value = float(answer)
         except (TypeError, ValueError):
             value = float("nan")
-        if abs(value - right) > 1e-3:
+        if not 0.0 <= value < 1.0:
+            problem = f"{answer!r} is impossible: an idle fraction of the time lies between 0 and 1"
+        elif abs(value - right) > 1e-3:
             problem = f"{answer!r} is not the bubble fraction for K={k} stages and M={m} microbatches"
             if abs(value - (k - 1) / m) < 1e-3:
                 problem += " ((K−1)/M counts the bubble against the useful work only, not against the whole time)"

@@ -12,11 +12,17 @@ __all__ = ["check_amdahl", "check_shards", "check_static_efficiency"]
 
 def check_amdahl(serial_fraction: float, n_replicas: int, answer: float | None) -> bool:
     """★ ``answer`` is Amdahl's predicted speedup for ``serial_fraction`` on ``n_replicas``."""
-    expected = 1.0 / (serial_fraction + (1.0 - serial_fraction) / n_replicas)
     problem = None
-    if not _is_number(answer):
+    if not 0.0 <= serial_fraction < 1.0:
+        problem = f"the serial fraction {serial_fraction!r} is impossible (it is a share of the wall time, 0 ≤ s < 1): measure it again in section 4 before predicting from it"
+        expected = float("nan")
+    else:
+        expected = 1.0 / (serial_fraction + (1.0 - serial_fraction) / n_replicas)
+    if problem is None and not _is_number(answer):
         problem = f"expected a number, got {answer!r}"
-    elif abs(answer - expected) > 1e-3 * expected:  # type: ignore[operator]
+    elif problem is None and answer > n_replicas + 1e-9:  # type: ignore[operator]
+        problem = f"{answer:.3f}× is impossible: {n_replicas} replicas cannot be more than {n_replicas}× as fast as one"
+    elif problem is None and abs(answer - expected) > 1e-3 * expected:  # type: ignore[operator]
         problem = f"{answer:.3f} is not Amdahl's prediction for s={serial_fraction:.4f}, N={n_replicas}"
     return verdict("Amdahl prediction", answer, problem, "speedup = 1 / (s + (1 - s) / N): only the parallel part shrinks with N", f"{expected:.2f}× at most, however fast each replica is.")
 
@@ -52,6 +58,8 @@ def check_static_efficiency(weights: list[float], answer: float | None) -> bool:
     problem = None
     if not _is_number(answer):
         problem = f"expected a number, got {answer!r}"
+    elif not 0.0 < answer <= 1.0:  # type: ignore[operator]
+        problem = f"an efficiency of {answer:.3f} is impossible: useful work over the replica-time available lies between 0 and 1"
     elif abs(answer - expected) > 1e-3:  # type: ignore[operator]
         problem = f"{answer:.3f} is not right for shard weights {weights}"
     return verdict("Static-shard efficiency", answer, problem, "everyone waits for the biggest shard: efficiency = mean shard / largest shard")

@@ -44,6 +44,8 @@ __all__ = [
     "KINDS",
     "WORKLOADS",
     "Deployed",
+    "KServeCodec",
+    "LitServeCodec",
     "OptionResult",
     "compare_clients",
     "load_target",
@@ -72,8 +74,41 @@ GATEWAY_TIMEOUT_S = 15.0
 # ---------------------------------------------------------------- how to talk to each server
 
 
-# The gateway's codec waits GATEWAY_TIMEOUT_S for a task; the other servers' codecs are wire's own.
-CODECS: dict[str, Codec] = {**wire.CODECS, "gateway": wire.GatewayCodec(timeout_s=GATEWAY_TIMEOUT_S)}
+@dataclass(frozen=True, repr=False)
+class KServeCodec(Codec):
+    """Triton's KServe v2 infer API (12): one FP32 input ``pixels`` (N, 64) in, output ``label`` out."""
+
+    name = "triton"
+
+    def encode(self, x: Any) -> dict[str, Any]:
+        rows = wire.digits(x).reshape(-1, 64)
+        return {"inputs": [{"name": "pixels", "shape": list(rows.shape), "datatype": "FP32", "data": rows.ravel().tolist()}]}
+
+    def decode(self, body: Any) -> np.ndarray:
+        return wire.digits(np.asarray(body["inputs"][0]["data"], dtype=np.float32))
+
+    def labels(self, answer: Any) -> list[int]:
+        return [int(v) for out in answer["outputs"] if out["name"] == "label" for v in out["data"]]
+
+
+@dataclass(frozen=True, repr=False)
+class LitServeCodec(Codec):
+    """The lab's LitAPI (13): one digit as ``{"pixels": [64 floats]}``; the answer carries its ``label``."""
+
+    name = "litserve"
+
+    def encode(self, x: Any) -> dict[str, Any]:
+        return {"pixels": wire.digits(x).reshape(64).tolist()}
+
+    def decode(self, body: Any) -> np.ndarray:
+        return wire.digits(np.asarray(body["pixels"], dtype=np.float32))
+
+    def labels(self, answer: Any) -> list[int]:
+        return [int(answer["label"])]
+
+
+# The gateway's codec waits GATEWAY_TIMEOUT_S for a task; Triton's and LitServe's are here; the others are wire's own.
+CODECS: dict[str, Codec] = {**wire.CODECS, "gateway": wire.GatewayCodec(timeout_s=GATEWAY_TIMEOUT_S), "triton": KServeCodec(), "litserve": LitServeCodec()}
 
 
 @dataclass
@@ -103,17 +138,18 @@ class Deployed:
     check: bool = True
     in_process: bool = False
     wide_note: str = "not measured: this option serves the digit CNN only here"
+    cnn_note: str = "not measured: this option serves the wide model only here"
 
     def __post_init__(self) -> None:
-        if (self.call is None) == (self.url is None):
-            raise BadInput("give either call (a Python callable) or url + codec (an HTTP server)")
+        if (self.call is None) == (self.url is None and self.wide_url is None):
+            raise BadInput("give either call (a Python callable) or url/wide_url + codec (an HTTP server)")
         for url, codec in ((self.url, self.codec), (self.wide_url, self.wide_codec or self.codec)):
             if url is not None and codec not in CODECS:
                 raise BadInput(f"codec must be one of {sorted(CODECS)}, got {codec!r}")
 
     def workloads(self) -> list[str]:
         """The workloads this option serves."""
-        return ["cnn"] + (["wide"] if (self.wide_url or self.wide_call) else [])
+        return (["cnn"] if (self.url or self.call) else []) + (["wide"] if (self.wide_url or self.wide_call) else [])
 
     def target(self, workload: str = "cnn") -> tuple[str | None, str | None, Callable[[np.ndarray], int] | None]:
         """(url, codec, call) for one workload."""
@@ -172,7 +208,7 @@ def _own_cpu_s() -> float:
 # ---------------------------------------------------------------- recovery after a kill
 
 
-def measure_recovery(deployed: Deployed, x: np.ndarray, duration_s: float, concurrency: int = FIXED_CONCURRENCY, kill_after_s: float = KILL_AFTER_S) -> dict[str, Any]:
+def measure_recovery(deployed: Deployed, x: np.ndarray, duration_s: float, concurrency: int = FIXED_CONCURRENCY, kill_after_s: float = KILL_AFTER_S, workload: str = "cnn") -> dict[str, Any]:
     """Kill one worker ``kill_after_s`` into a closed-loop load; return how long clients were disrupted.
 
     A request was *disrupted* when it failed, was in flight at the kill, or took more than
@@ -185,7 +221,7 @@ def measure_recovery(deployed: Deployed, x: np.ndarray, duration_s: float, concu
     if deployed.kill is None:
         return {"recovery_s": None, "lost": None, "killed": None, "recovered": None, "note": deployed.kill_note or "no worker to kill"}
     box: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: box.setdefault("r", load_target(deployed, x, concurrency, duration_s=duration_s)), daemon=True)
+    t = threading.Thread(target=lambda: box.setdefault("r", load_target(deployed, x, concurrency, duration_s=duration_s, workload=workload)), daemon=True)
     t.start()
     import time
 
@@ -327,14 +363,15 @@ def run_option(
     except BaseException:
         _stop_started_since(running_before)
         raise
-    res.http = deployed.url is not None
+    res.http = deployed.call is None
     try:
-        deployed.predict(x[0])
+        first = deployed.workloads()[0]
+        deployed.predict(x[0], first)
         res.startup_s = round(now() - t0, 3)
         served = [w for w in workloads if w in deployed.workloads()]
         for w in workloads:
             if w not in served:
-                res.notes[w] = deployed.wide_note
+                res.notes[w] = deployed.wide_note if w == "wide" else deployed.cnn_note
         serving: Callable[[], list[int]] = lambda: [me] if deployed.in_process else [p for p in process.tree_pids(list(deployed.pids())) if p != me]
         rss = []
         for w in served:
@@ -360,7 +397,7 @@ def run_option(
                 rss.append(process.tree_rss_mb(serving()))
         res.rss_mb = round(max(rss), 1) if rss else None
         if recovery_s:
-            res.recovery = measure_recovery(deployed, x, recovery_s, concurrency=min(FIXED_CONCURRENCY, max(concurrencies)))
+            res.recovery = measure_recovery(deployed, x, recovery_s, concurrency=min(FIXED_CONCURRENCY, max(concurrencies)), workload=first)
         else:
             res.recovery = {"recovery_s": None, "lost": None, "recovered": None, "note": "not measured (recovery off)"}
     except BaseException:

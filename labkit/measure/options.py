@@ -10,7 +10,6 @@ Shown in 14.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import os
 from collections.abc import Callable, Sequence
@@ -35,11 +34,13 @@ __all__ = [
     "deploy_front_ray_tasks",
     "deploy_kubernetes",
     "deploy_kubernetes_retrying",
+    "deploy_litserve",
     "deploy_loc",
     "deploy_null",
     "deploy_ray_serve",
     "deploy_tfserving",
     "deploy_torchserve",
+    "deploy_triton",
     "options",
 ]
 
@@ -48,6 +49,9 @@ DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
 # What a Kubernetes user writes besides the Python: the image and the base manifests (notebook 08).
 KUBE_FILES = ("Dockerfile", "k8s/base/deployment.yaml", "k8s/base/service.yaml", "k8s/base/hpa.yaml", "k8s/base/kustomization.yaml")
 TF_STAND_IN = "TF Serving stand-in (labkit, follows 2.20.0)"
+# On a machine at load 20+ on 2 cores the raylet gave up waiting for its metrics agent ("Timed out
+# waiting for file .../metrics_agent_port"; Ray's check node_manager.cc:3576) and Ray never started.
+RAY_AGENT_TIMEOUT_MS = 120_000
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,7 @@ def deploy_ray_serve() -> Deployed:
         async def __call__(self, request: Any) -> dict[str, Any]:
             return {"pred": await self.predict(codec.decode(await request.json()))}
 
+    os.environ.setdefault("RAY_agent_register_timeout_ms", str(RAY_AGENT_TIMEOUT_MS))  # see RAY_AGENT_TIMEOUT_MS
     cluster = ray_service.start(num_cpus=N_WORKERS)
     url = cluster.start_serve()
     serve.run(Digits.bind(), name="digits", route_prefix="/digits")  # type: ignore[attr-defined]
@@ -235,6 +240,27 @@ def deploy_tfserving() -> Deployed:
     return Deployed(url=tfs.predict_url(), codec="tfserving", stop=tfs.stop, pids=lambda: [tfs.pid], exact=False,  # type: ignore[list-item]
                     kill_note="not measured: one server process; restarting it is a supervisor's job",
                     wide_note="not measured: the stand-in's wide twin is untrained (notebook 10 measures its batching)")
+
+
+def deploy_triton() -> Deployed:
+    """NVIDIA Triton (12): the real ``tritonserver`` in its own venv, the wide model with dynamic batching (16, 2 ms)."""
+    from labkit.measure.batching import Setting
+    from labkit.services import triton
+
+    setting = Setting(16, 2.0)
+    tr = triton.start([setting])
+    return Deployed(wide_url=tr.infer_url(triton.model_name(setting)), codec="triton", stop=tr.stop, pids=lambda: [tr.pid],  # type: ignore[list-item]
+                    kill_note="not measured: one server process; restarting it is a supervisor's job")
+
+
+def deploy_litserve() -> Deployed:
+    """LitServe (13): LitServe's FastAPI front and one inference worker, the wide model batched (16, 5 ms)."""
+    from labkit.measure.batching import Setting
+    from labkit.services import litserve
+
+    srv = litserve.start(Setting(16, 5.0))
+    return Deployed(wide_url=srv.predict_url, codec="litserve", stop=srv.stop, pids=lambda: [srv.pid],  # type: ignore[list-item]
+                    kill_note="not measured here: one inference worker in this setup")
 # endregion
 
 
@@ -265,11 +291,9 @@ def options() -> list[Option]:
         Option("Kubernetes + retrying client (emulated; retries are the client's choice)", "Kubernetes", "emulated", "the same, with the client retrying on another replica", deploy_kubernetes_retrying, files=KUBE_FILES, uses=(deploy_kubernetes,)),
         Option("TorchServe", "TorchServe", "real", "TorchServe (Java frontend, Python workers)", deploy_torchserve, "java"),
         Option(TF_STAND_IN, "TF Serving", "stand-in", "labkit's Python re-implementation of the TF Serving REST API", deploy_tfserving, "tensorflow"),
+        Option("NVIDIA Triton (real tritonserver)", "Triton", "real", "tritonserver from the nvidia-pytriton wheel, wide model only", deploy_triton, "triton"),
+        Option("LitServe", "LitServe", "real", "LitServe's front + one inference worker, wide model only", deploy_litserve, "litserve"),
     ]
-    # Triton and LitServe get one row each once their modules are in this checkout (labkit/services/triton.py, litserve.py).
-    for module in ("triton", "litserve"):
-        if importlib.util.find_spec(f"labkit.services.{module}") is not None and hasattr(importlib.import_module(f"labkit.services.{module}"), "capstone_option"):
-            rows.append(importlib.import_module(f"labkit.services.{module}").capstone_option())
     return rows
 
 

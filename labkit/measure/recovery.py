@@ -2,7 +2,8 @@
 
 ``capstone.measure_recovery`` kills one worker of a running option under a closed-loop load; the
 requests it recorded go through ``recovery_from``, and ``format_recovery`` says the result the way
-the capstone table shows it. Used in 14.
+the capstone table shows it. ``recovery_per_kill`` does the same for many kills in one run
+(``labkit bench faults``). Used in 14.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from labkit.measure.load import Request
 
-__all__ = ["SLOW_FACTOR", "format_recovery", "recovery_from"]
+__all__ = ["SLOW_FACTOR", "format_recovery", "recovery_from", "recovery_per_kill"]
 
 SLOW_FACTOR = 5.0  # a request this many times slower than before the kill was disrupted by it
 
@@ -45,3 +46,19 @@ def format_recovery(rec: Mapping[str, Any]) -> str:
     if rec.get("recovered") is False:
         return "did not recover: requests still failed at the end"
     return rec.get("note") or "not measured"
+
+
+def recovery_per_kill(requests: Sequence[Request], kills: Sequence[float]) -> list[float]:
+    """For each kill time: how long until every request it disrupted had its answer (0: none disrupted).
+
+    Disrupted = in flight at the kill and slower than ``SLOW_FACTOR`` × the median request (or
+    failed). A request disrupted by several kills counts for each of them.
+    """
+    lat = sorted(r.latency_s for r in requests if r.ok)
+    typical = lat[len(lat) // 2] if lat else 0.0
+    slow = max(SLOW_FACTOR * typical, typical + 0.05)
+    out = []
+    for t in kills:
+        ends = [r.start + r.latency_s - t for r in requests if r.start <= t < r.start + r.latency_s and (not r.ok or r.latency_s > slow)]
+        out.append(max(ends, default=0.0))
+    return out

@@ -146,7 +146,9 @@ def ceiling_shares(results: Sequence[OptionResult], workload: str = "cnn", concu
 
 
 def _seed(family: str, column: str) -> str:
-    text = SEED_TABLE.get(family, {}).get(column, "")
+    if family not in SEED_TABLE:
+        return "— (not in the seed's table)" if family != "Null server" else "—"
+    text = SEED_TABLE[family].get(column, "")
     note = SEED_TESTED.get(family, {}).get(column, "")
     return f"{text} [{note}]" if text and note else text
 
@@ -182,7 +184,7 @@ def table(results: Sequence[OptionResult], workload: str = "cnn", concurrency: i
             row["start-up s"] = r.startup_s
             row["RSS MB"] = r.rss_mb
             row["answers"] = r.correct.get(workload, "")
-        row["recovery after kill (CNN)"] = format_recovery(r.recovery) if r.available else ""
+        row[col("recovery after kill", concurrency)] = format_recovery(r.recovery) if r.available else ""
         row["deploy LOC"] = r.loc
         rows.append(row)
     return pd.DataFrame(rows).set_index("option")

@@ -53,9 +53,11 @@ __all__ = [
     "member_name",
     "run_sequential",
     "run_threads",
+    "runner_variants",
     "samme",
     "soft_average",
     "softmax",
+    "time_runners",
     "vote",
     "vote_weights",
     "weighted_vote",
@@ -430,26 +432,13 @@ class MemberPool:
         self.close()
 
 
-def compare_runners(
-    members: Sequence[nn.Module],
-    pool: MemberPool,
-    x: np.ndarray,
-    member_ids: Sequence[int] | None = None,
-    repeats: int = 3,
-    intra_op: bool = False,
-    stat: str = "median",
-) -> dict[str, float]:
-    """Time the same members on the same ``x``: sequential (1 torch thread), threads, processes.
+def runner_variants(members: Sequence[nn.Module], pool: MemberPool, x: np.ndarray, member_ids: Sequence[int] | None = None, intra_op: bool = False) -> dict[str, Any]:
+    """The callables that run the same members on the same ``x``: sequential (1 torch thread), threads, processes.
 
     ``members`` are the in-process models of the pool's members ``member_ids`` (default: all), in that order.
-
-    Runs are interleaved (seq, threads, processes, seq, …) so a noisy machine hits all alike, and
-    every runner's logits are checked equal to the sequential ones. ``intra_op=True`` adds
-    "sequential (all cores)": one process using every core inside each op, the other way to go parallel.
-    Each runner's ``stat`` ("median", or "min": its least-disturbed run on a shared machine) is returned.
+    ``intra_op=True`` adds "sequential (all cores)": one process using every core inside each op.
+    Each callable returns the stacked logits.
     """
-    if stat not in ("median", "min"):
-        raise BadInput(f"stat must be median or min, got {stat!r}")
     from labkit.runtime import hardware
 
     ids = list(range(len(pool.configs))) if member_ids is None else list(member_ids)
@@ -464,19 +453,54 @@ def compare_runners(
     }
     if intra_op:
         runs["sequential (all cores)"] = lambda: _with_threads(hardware.cpu_count(), run_sequential, chosen, x)
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    reference = None
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            t0 = now()
-            out = fn()
-            times[name].append(now() - t0)
-            if reference is None:
-                reference = out
-            elif not np.allclose(out, reference, atol=1e-4):
-                raise WorkerFailed(name, "logits differ from the sequential run")
-    pick = np.median if stat == "median" else np.min
-    return {k: float(pick(v)) for k, v in times.items()}
+    return runs
+
+
+def time_runners(variants: dict[Any, Any], rounds: int = 3, min_s: float = 0.3) -> dict[Any, Any]:
+    """Warm up and time ``variants`` (name → callable returning logits) in interleaved rounds; check they agree.
+
+    Returns ``labkit.patterns.repeats.Sample`` per name (median and min–max of seconds per call).
+    Shown in 02 §4.
+    """
+    from labkit.patterns import repeats
+
+    outputs: dict[Any, np.ndarray] = {}
+
+    def keep(name: Any, fn: Any) -> Any:
+        def run() -> None:
+            outputs[name] = fn()
+
+        return run
+
+    samples = repeats.interleave({name: keep(name, fn) for name, fn in variants.items()}, rounds=rounds, min_s=min_s)
+    by_shape: dict[tuple[int, ...], np.ndarray] = {}
+    for name, out in outputs.items():
+        ref = by_shape.setdefault(out.shape, out)
+        if not np.allclose(out, ref, atol=1e-4):
+            raise WorkerFailed(str(name), "logits differ from the other runners' on the same members")
+    return samples
+
+
+def compare_runners(
+    members: Sequence[nn.Module],
+    pool: MemberPool,
+    x: np.ndarray,
+    member_ids: Sequence[int] | None = None,
+    repeats: int = 3,
+    intra_op: bool = False,
+    stat: str = "median",
+    min_s: float = 0.0,
+) -> dict[str, float]:
+    """Time the same members on the same ``x``: sequential (1 torch thread), threads, processes.
+
+    Every runner is warmed up, then runs are interleaved (seq, threads, processes, processes, threads, …)
+    so a noisy machine hits all alike, and every runner's logits are checked equal.
+    Each runner's ``stat`` ("median", or "min": its least-disturbed run on a shared machine) is returned.
+    """
+    if stat not in ("median", "min"):
+        raise BadInput(f"stat must be median or min, got {stat!r}")
+    samples = time_runners(runner_variants(members, pool, x, member_ids, intra_op), rounds=repeats, min_s=min_s)
+    return {k: (s.median_s if stat == "median" else s.low_s) for k, s in samples.items()}
 
 
 def _with_threads(n: int, fn: Any, *args: Any) -> Any:

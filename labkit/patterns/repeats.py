@@ -73,8 +73,8 @@ def interleave(
 ) -> dict[Any, Sample]:
     """Warm up every variant, then time them in alternating order for ``rounds`` rounds.
 
-    Each variant's calls per round are fixed after the warm-up so that a round lasts at least
-    ``min_s`` (estimated from the warm-up call); the sample holds seconds per call.
+    Each variant's calls per round are fixed after the warm-up so that its rounds together last at
+    least ``min_s`` (estimated from the warm-up call); the sample holds seconds per call.
     """
     if rounds < 1:
         raise BadInput("rounds must be at least 1")
@@ -89,7 +89,7 @@ def interleave(
             fn()
             synchronize(device)
             took = now() - t0
-        calls[name] = max(1, math.ceil(min_s / took)) if took > 0 and warmup > 0 else 1
+        calls[name] = max(1, math.ceil(min_s / rounds / took)) if took > 0 and warmup > 0 else 1
     seconds: dict[Any, list[float]] = {name: [] for name in variants}
     order = list(variants)
     for r in range(rounds):

@@ -16,6 +16,7 @@ because spawned processes must import them. Used in 03.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -140,6 +141,9 @@ def run_ranks(
             ctx = mp.start_processes(_rank_main, args=(worker, world_size, backend, out_dir, tuple(args)), nprocs=world_size, join=False, start_method="spawn")
         _spawned.update(p.pid for p in ctx.processes if p.pid is not None)
         deadline = timing.now() + timeout_s
+        spawn_log = logging.getLogger("torch.multiprocessing.spawn")  # on a failure it warns "Terminating process …" on stderr;
+        level = spawn_log.level  # the WorkerFailed below says which rank failed and why, so keep stderr clean
+        spawn_log.setLevel(logging.ERROR)
         try:
             while not ctx.join(timeout=0.2):
                 if timing.now() > deadline:
@@ -153,6 +157,8 @@ def run_ranks(
         except mp.ProcessExitedException as exc:
             how = f"killed by signal {exc.signal_name}" if exc.signal_name else f"exited with code {exc.exit_code}"
             raise WorkerFailed(f"rank {exc.error_index}", how) from exc
+        finally:
+            spawn_log.setLevel(level)
         return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
     finally:
         if ctx is not None:
@@ -348,18 +354,21 @@ def tensor_parallel(
     world_size: int = 2,
     backend: str | None = None,
     x_timed: torch.Tensor | None = None,
+    unsharded_s: float | None = None,
 ) -> TensorParallelResult:
     """Shard ``model`` over ``world_size`` ranks; compare logits and greedy tokens with the unsharded model.
 
     Logits are compared on ``x``; forward passes are timed on ``x_timed`` (default ``x``). The
-    unsharded reference and its time (1 thread) are measured here, in this process.
+    unsharded reference is computed here, in this process; its time (1 thread) too, unless the
+    caller passes the baseline it already measured as ``unsharded_s`` (one baseline per notebook).
     """
     x_timed = x if x_timed is None else x_timed
     backend = backend or backend_for(world_size)
     with torch.inference_mode():
         ref_logits = model(x)
         ref_tokens = generate(model, prompt_ids, n_new, model.cfg.block_size)
-    unsharded_s = intra_op_seconds(model, x_timed, n_threads=1, repeats=repeats)
+    if unsharded_s is None:
+        unsharded_s = intra_op_seconds(model, x_timed, n_threads=1, repeats=repeats)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     results = run_ranks(tp_worker, (model.cfg, state, x, prompt_ids, n_new, repeats, x_timed), world_size=world_size, backend=backend)
     diff = max(float((r["logits"] - ref_logits).abs().max()) for r in results)
@@ -536,10 +545,16 @@ class PipelineResult:
     max_abs_diff: float
     naive_timeline: timing.Timeline
     timelines: dict[int, timing.Timeline]
+    baseline_s: float | None = None  # the caller's unsharded baseline; speedups divide it when given
+
+    @property
+    def reference_s(self) -> float:
+        """The time speedups divide: the caller's baseline if given, else the unsplit model timed on rank 0."""
+        return self.unsplit_s if self.baseline_s is None else self.baseline_s
 
     def speedup(self, n_microbatches: int) -> float:
-        """GPipe speedup over the unsplit model on one rank (1 thread)."""
-        return self.unsplit_s / self.gpipe_s[n_microbatches]
+        """GPipe speedup over the unsplit model (1 thread): the caller's baseline, else rank 0's timing."""
+        return self.reference_s / self.gpipe_s[n_microbatches]
 
     def ideal(self, n_microbatches: int) -> float:
         return gpipe_ideal_speedup(self.n_stages, n_microbatches)
@@ -570,11 +585,13 @@ def pipeline_parallel(
     repeats: int = 3,
     world_size: int = 2,
     backend: str | None = None,
+    baseline_s: float | None = None,
 ) -> PipelineResult:
     """Run the naive split and GPipe over ``world_size`` stages; check every output against the unsplit model.
 
     The unsplit time is measured on rank 0 (1 thread, the other ranks idle), interleaved with the
-    GPipe runs so that both see the same machine load.
+    GPipe runs so that both see the same machine load. With ``baseline_s`` (the caller's one
+    unsharded baseline) speedups divide that instead, and ``unsplit_s`` is a check of it.
     """
     backend = backend or backend_for(world_size)
     with torch.inference_mode():
@@ -601,4 +618,5 @@ def pipeline_parallel(
         max_abs_diff=max(diffs),
         naive_timeline=naive,
         timelines=timelines,
+        baseline_s=baseline_s,
     )

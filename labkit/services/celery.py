@@ -148,9 +148,11 @@ def start_workers(
 def external_workers(n: int, broker_url: str, prefix: str = "w", timeout_s: float = 90.0) -> list[WorkerHandle]:
     """Handles for ``n`` workers named ``<prefix>K@host`` already answering pings on ``broker_url``."""
 
+    seen: set[str] = set()  # replies add up over several pings: a busy worker may miss one window
+
     def found() -> list[str]:
-        names = [name for name in ping(broker_url, timeout_s=1.0) if name.split("@", 1)[0].removeprefix(prefix).isdigit()]
-        return names if len(names) >= n else []
+        seen.update(name for name in ping(broker_url, timeout_s=2.0) if name.split("@", 1)[0].removeprefix(prefix).isdigit())
+        return sorted(seen) if len(seen) >= n else []
 
     names = process.wait_until(found, timeout_s, f"{n} external celery workers named {prefix}N@… on {broker_url}", interval_s=0.5)
     handles = []

@@ -41,7 +41,7 @@ def start(backend: str = "null", n_workers: int = 2, timeout_s: float = 180.0) -
     body = {"inputs": [[0.0] * 64], "tta": 1}
     t0 = time.perf_counter()
     proc = process.start(
-        f"front-{backend}-{port}", cmd, env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+        f"front-{backend}-{port}", cmd, env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "RAY_agent_register_timeout_ms": "120000"},
         ready=lambda: httpx.post(url + "/predict/cnn", json=body, timeout=30).status_code == 200,
         timeout_s=timeout_s, install_hint="pip install fastapi uvicorn",
     )  # fmt: skip

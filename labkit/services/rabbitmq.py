@@ -1,6 +1,6 @@
 """RabbitMQ (Debian ``rabbitmq-server``) as a plain subprocess, no systemd, nothing shared.
 
-    with rabbitmq.start() as mq:      # or CELERY_BROKER_URL=amqp://... to use an external one
+    with rabbitmq.start() as mq:      # or RABBITMQ_URL=amqp://... to use an external one
         print(mq.url)                 # amqp://guest:guest@127.0.0.1:PORT//
 
 Its own ``epmd`` on a free port (``ERL_EPMD_PORT``), its own HOME (Erlang cookie), node name,
@@ -55,9 +55,15 @@ def server_script() -> str | None:
     return None
 
 
+def _external() -> str | None:
+    """RABBITMQ_URL, else CELERY_BROKER_URL when it is an amqp:// URL."""
+    url = config.external_url("RABBITMQ_URL") or config.external_url("CELERY_BROKER_URL")
+    return url if url and url.startswith(("amqp", "pyamqp")) else None
+
+
 def available() -> bool:
     """True if a RabbitMQ can be started here (server script and epmd found) or one is configured."""
-    url = config.external_url("CELERY_BROKER_URL")
+    url = _external()
     if url and url.startswith(("amqp", "pyamqp")):
         return True
     return needs.status("rabbitmq").ok
@@ -73,14 +79,14 @@ def amqp_ready(url: str, timeout_s: float = 2.0) -> bool:
 
 
 def start(timeout_s: float = 60.0, external: bool = True) -> RabbitMQHandle:
-    """Start a private RabbitMQ node on free ports; or use CELERY_BROKER_URL if it is an amqp:// URL.
+    """Start a private RabbitMQ node on free ports; or use RABBITMQ_URL (or an amqp:// CELERY_BROKER_URL).
 
     ``external=False`` always starts a local node. Used in 06.
     """
-    url = config.external_url("CELERY_BROKER_URL") if external else None
-    if url and url.startswith(("amqp", "pyamqp")):
+    url = _external() if external else None
+    if url:
         if not amqp_ready(url):
-            raise ServiceUnavailable(f"CELERY_BROKER_URL={url} does not accept AMQP connections", "start that broker or unset CELERY_BROKER_URL")
+            raise ServiceUnavailable(f"RabbitMQ at {url} does not accept AMQP connections", "start that broker or unset RABBITMQ_URL / CELERY_BROKER_URL")
         return RabbitMQHandle("rabbitmq", url)
     script = server_script()
     epmd = shutil.which("epmd")

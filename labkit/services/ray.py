@@ -283,8 +283,16 @@ def start(num_cpus: int = DEFAULT_NUM_CPUS, num_gpus: int | None = None, address
     kwargs: dict[str, Any] = {"log_to_driver": False, "ignore_reinit_error": True, "logging_level": logging.WARNING}
     if address:
         kwargs.update(init_kwargs)
-        with quiet_logs():
-            ray.init(address=address, **kwargs)
+        try:
+            with quiet_logs():
+                ray.init(address=address, **kwargs)
+        except Exception as exc:  # AuthenticationError above all: the cluster wants its token
+            if "token" not in str(exc).lower():
+                raise
+            raise ServiceUnavailable(
+                f"could not join the Ray cluster at {address}: {exc}",
+                "set RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN_PATH=FILE or RAY_AUTH_TOKEN=VALUE) before starting the kernel; `labkit cluster up` prints them",
+            ) from exc
         return RayHandle(address, True, set(), time.monotonic() - t0)
     kwargs.update(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
     if num_gpus is not None:
