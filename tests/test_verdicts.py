@@ -83,3 +83,15 @@ def test_probe_counts_other_programs_cpu_and_refreshes_while_running() -> None:
     assert probe.last() is p.report or probe.last() == p.report
     report = p.finish()
     assert report.end_s is not None and probe.last() is report and "others_cores" in report.as_dict()
+
+
+def test_without_a_probe_a_failed_verdict_still_reads_the_load_average(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notebook that started no probe must not call a loaded machine idle."""
+    monkeypatch.setattr(probe, "_LAST", [])
+    monkeypatch.setattr(probe, "_ACTIVE", [])
+    monkeypatch.setattr(probe, "usable_cores", lambda: 2)
+    monkeypatch.setattr(probe, "load_average", lambda: 19.0)
+    line = str(verdicts.check("fast enough", 1.0, ">=", 2.0, show=False))
+    assert "load average 19.0 on 2 usable cores" in line and verdicts.IDLE_CAUSE not in line
+    monkeypatch.setattr(probe, "load_average", lambda: 0.3)
+    assert verdicts.IDLE_CAUSE in str(verdicts.check("fast enough", 1.0, ">=", 2.0, show=False))

@@ -42,8 +42,7 @@ class Guard:
 
 
 def _cause(why: str) -> str:
-    report = probe.last()
-    seen = report.cause() if report is not None else None
+    seen = probe.current().cause()
     return f"{why}; {seen}" if seen else why
 
 

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Probe", "ProbeReport", "calibrate", "last", "load_average", "start", "usable_cores"]
+__all__ = ["Probe", "ProbeReport", "calibrate", "current", "glance", "last", "load_average", "start", "usable_cores"]
 
 CALIBRATION_SIZE = 256  # matmul side: ~1 ms per call on one laptop core
 CALIBRATION_CALLS = 20  # calls per timed run
@@ -202,6 +202,16 @@ class Probe:
 def start() -> Probe:
     """Calibrate now and remember the load average: call before measuring, ``finish()`` after."""
     return Probe()
+
+
+def glance() -> ProbeReport:
+    """A report from this moment's load average alone (no calibration): for a cell run without a probe."""
+    return ProbeReport(float("nan"), None, load_average(), None, usable_cores(), os.cpu_count() or 1)
+
+
+def current() -> ProbeReport:
+    """The latest probe's report, or a glance at the load average when no probe ran in this process."""
+    return last() or glance()
 
 
 def last() -> ProbeReport | None:

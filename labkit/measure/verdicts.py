@@ -65,9 +65,7 @@ def _likely_cause(cause: str | None) -> str:
         return cause
     from labkit.measure import probe
 
-    report = probe.last()
-    measured = report.cause() if report is not None else None
-    return measured or IDLE_CAUSE
+    return probe.current().cause() or IDLE_CAUSE
 
 
 def check(claim: str, value: float, op: str, bound: float, unit: str = "", digits: int = 2, cause: str | None = None, show: bool = True) -> Verdict:
