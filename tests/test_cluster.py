@@ -89,8 +89,9 @@ def test_07_ray_runs_tasks_on_both_nodes(lab_cluster: harness.Cluster) -> None:
     env = pick(lab_cluster.env, "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
     text = run_notebook("07", env)
     assert "joined a cluster" in text
-    found = re.search(r"tasks ran on (\d+) node", text)
+    found = re.search(r"pinned with NodeAffinitySchedulingStrategy: tasks ran on (\d+) node", text)
     assert found and int(found.group(1)) >= 2, text[-3000:]
+    assert "(holds the object)" in text and "across nodes:" in text  # an object store transfer was measured
     assert "identical on every node" in text
     assert len(health.ray_nodes(lab_cluster.state)) == 2
     assert_healthy(lab_cluster)
