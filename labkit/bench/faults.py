@@ -75,6 +75,7 @@ class OptionFaults:
     duplicates: int = 0
     elapsed_s: float = 0.0
     note: str = ""
+    errors: list[str] = field(default_factory=list)  # the first few distinct errors the clients saw
     recovery_s: list[float] = field(default_factory=list)
 
     @property
@@ -264,6 +265,7 @@ def celery_option(broker: str, plan: Plan, progress: Any) -> OptionFaults:
     answered = {k for k in keys if k}
     out.sent = len(load.requests)
     out.lost_end_to_end = sum(1 for r in load.requests if not r.ok)
+    out.errors = sorted({str(r.error) for r in load.requests if not r.ok})[:5]
     out.lost_at_broker = sum(1 for k in answered | set(started) if 1 not in started.get(k, []))
     out.run_more_than_once = sum(1 for a in started.values() if len(a) > 1)
     out.kills = len(kills)
