@@ -81,17 +81,19 @@ def create_app(backend: str = "null", n_workers: int = 2) -> Any:
         elif backend == "ray-tasks":
             import ray
 
-            ray.init(num_cpus=n_workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
-            state["task"] = ray.remote(num_cpus=1, max_retries=3)(classify)
+            from labkit.services import ray as ray_service
+
+            state["ray"] = ray_service.start(num_cpus=n_workers)  # retries a start that times out on a busy machine
+            from labkit.apps import front  # by module name, not __main__: Ray then pickles the function by reference
+
+            state["task"] = ray.remote(num_cpus=1, max_retries=3)(front.classify)
         elif backend == "in-process":
             await run_in_threadpool(classify, "cnn", np.zeros((1, 1, 8, 8), np.float32))
         yield
         if "pool" in state:
             state["pool"].close()
-        if "task" in state:
-            import ray
-
-            ray.shutdown()
+        if "ray" in state:
+            state["ray"].stop()
 
     api = FastAPI(title=f"labkit capstone front ({backend})", lifespan=lifespan)
 
