@@ -207,7 +207,7 @@ def celery_option(broker: str, plan: Plan, progress: Any) -> OptionFaults:
         lock = threading.Lock()
         restarts = ThreadPoolExecutor(len(names), thread_name_prefix="faults-restart")
         try:
-            for w in celery_svc.start_workers(len(names), broker_url, backend.url):
+            for w in celery_svc.start_workers(len(names), broker_url, backend.url, external=False):  # its own broker, its own workers to kill
                 workers[w.own_queue] = w
             with gateway.start(broker_url, backend.url) as gw:
                 body = payload(2, "mlp") | {"trace": True}

@@ -113,12 +113,18 @@ def start_workers(
     app: str = DEFAULT_APP,
     prefix: str = "w",
     timeout_s: float = 90.0,
+    external: bool | None = None,
 ) -> list[WorkerHandle]:
-    """Start ``n`` workers at once (names ``w1``, ``w2``, ...) and wait until every one answers a ping."""
+    """Start ``n`` workers at once (names ``w1``, ``w2``, ...) and wait until every one answers a ping.
+
+    With ``external`` None, ``LABKIT_CELERY_WORKERS=external`` means: use the workers already
+    consuming the broker (a cluster's); ``external=False`` always starts local ones (an experiment
+    that kills its own workers on its own broker).
+    """
     if not 1 <= n <= 16:
         raise BadInput(f"n must be in 1..16, got {n}")
     broker, backend = resolve_urls(broker_url, backend_url)
-    if config.celery_workers_external():
+    if config.celery_workers_external() if external is None else external:
         return external_workers(n, broker, prefix, timeout_s)
     if app == DEFAULT_APP:
         _prepare_models()
