@@ -8,7 +8,7 @@ import pytest
 from labkit.bench.baseline import SweepPoint
 from labkit.errors import BadInput
 from labkit.exercises import ExerciseFailed, ex00, verdict
-from labkit.exercises.student import BEGIN, END, STUB, lesson_end, make_paired_edition, make_student_edition, strip_solutions
+from labkit.exercises.student import BEGIN, END, STUB, last_exercise, lesson_end, make_paired_edition, make_student_edition, strip_solutions
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 
@@ -87,10 +87,11 @@ def test_paired_edition_runs_each_lesson_once_then_both_editions_of_its_exercise
         end = lesson_end(instructor, name)
         assert [c.source for c in student[:end]] == [c.source for c in instructor[:end]], f"{name}: the lesson differs between editions"
         cells = [c.source for c in nbformat.read(path, as_version=4).cells]
-        n = len(instructor) - end
+        n = last_exercise(instructor[end:]) + 1  # the student copy stops at the last check: clean-up runs once, at the end
         assert cells[:end] == [c.source for c in instructor[:end]]
-        assert cells[end + 1 : end + 1 + n] == [c.source for c in student[end:]], f"{name}: unsolved exercises"
-        assert cells[end + 2 + n :] == [c.source for c in instructor[end:]], f"{name}: solved exercises"
+        assert cells[end + 1 : end + 1 + n] == [c.source for c in student[end : end + n]], f"{name}: unsolved exercises"
+        assert cells[end + 2 + n :] == [c.source for c in instructor[end:]], f"{name}: solved exercises and clean-up"
+        assert not any("stop()" in s for s in cells[end + 1 : end + 1 + n] if "check_" not in s), f"{name}: a clean-up cell among the unsolved exercises"
         assert any(STUB in s for s in cells[end + 1 : end + 1 + n]) and any(BEGIN in s for s in cells[end + 2 + n :])
 
 

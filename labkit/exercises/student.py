@@ -1,8 +1,9 @@
 """Write the student edition: solutions replaced by ``...``, outputs cleared, checks kept.
 
 ``make_paired_edition`` writes what ``make test`` executes: each notebook once, its lesson, then
-its exercises as the student gets them (every check must say "not done yet", never crash), then
-the same exercises solved (every check must pass). Solutions live only under "## Exercises"
+its exercises as the student gets them (every check must say "not done yet", never crash; the
+clean-up cells after the last check are left out there), then the same exercises solved (every
+check must pass) and the clean-up. Solutions live only under "## Exercises"
 (``lesson_end`` refuses a notebook where one comes earlier), so the lesson cells of both editions
 are the same cells and running them once tests both.
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 from labkit.errors import BadInput
 
-__all__ = ["BEGIN", "END", "EXERCISES", "STUB", "lesson_end", "make_paired_edition", "make_student_edition", "strip_solutions"]
+__all__ = ["BEGIN", "END", "EXERCISES", "STUB", "last_exercise", "lesson_end", "make_paired_edition", "make_student_edition", "strip_solutions"]
 
 BEGIN = "# BEGIN SOLUTION"
 END = "# END SOLUTION"
@@ -92,6 +93,13 @@ def lesson_end(cells: list[Any], name: str = "notebook") -> int:
     raise BadInput(f"{name}: no {EXERCISES!r} heading")
 
 
+def last_exercise(cells: list[Any]) -> int:
+    """Index of the last code cell that holds a solution or calls a check: what follows is clean-up
+    (stopping servers), which the paired edition runs once, after the solved exercises."""
+    found = [i for i, c in enumerate(cells) if c.cell_type == "code" and (BEGIN in c.source or ".check_" in c.source)]
+    return found[-1] if found else len(cells) - 1
+
+
 def _note(text: str) -> Any:
     import nbformat
 
@@ -112,7 +120,7 @@ def make_paired_edition(src_dir: str | Path, out_dir: str | Path) -> list[Path]:
         nb.cells = [
             *nb.cells[:end],
             _note("*(test run)* The exercises as the student edition has them: every check says \"not done yet\"."),
-            *(_as_student(c) for c in exercises),
+            *(_as_student(c) for c in exercises[: last_exercise(exercises) + 1]),
             _note("*(test run)* The same exercises solved: every check passes."),
             *(copy.deepcopy(c) for c in exercises),
         ]
