@@ -209,7 +209,8 @@ def test_model_server_endpoints_in_process():
 
     async def main() -> None:
         app = model_server.create_app()
-        async with app.app.router.lifespan_context(app.app):  # loads the model, as uvicorn's startup does
+        api = app.app.app  # InflightCounter(BodyLimit(FastAPI))
+        async with api.router.lifespan_context(api):  # loads the model, as uvicorn's startup does
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
                 assert (await client.get("/healthz")).json()["status"] == "ok"

@@ -36,7 +36,7 @@ from labkit import bench, config
 from labkit.measure.load import Request
 from labkit.measure.recovery import recovery_per_kill
 
-__all__ = ["OPTIONS", "RECOVERY_MARGIN_S", "OptionFaults", "Plan", "celery_option", "measure", "pool_option", "ray_option", "recovery_per_kill", "restore_sweep_s", "run"]
+__all__ = ["OPTIONS", "RECOVERY_MARGIN_S", "OptionFaults", "Plan", "celery_option", "measure", "pool_option", "pool_task", "ray_option", "recovery_per_kill", "restore_sweep_s", "run"]
 
 OPTIONS = ("celery-redis", "celery-rabbitmq", "ray-tasks", "pool")
 RECOVERY_MARGIN_S = 2.0  # target: worst recovery ≤ redelivery time + this
