@@ -206,6 +206,17 @@ _CLOSE_RUN = re.compile(r"[ \t\n\r]*\](?:[ \t\n\r]*\])+")
 _CONST: dict[str, Any] = {"true": True, "false": False, "null": None, "NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
+
+def _member_name(token: Any, text: str, pos: int) -> tuple[str, int]:
+    """An object member's name and the position after its colon, or upstream's parse error (rapidjson's words)."""
+    if not (token and token.group("s")):
+        raise InvalidArgument(f"JSON Parse error: Missing a name for object member. at offset: {pos}")
+    name, pos = json.loads(token.group("s")), token.end()
+    colon = _TOKEN.match(text, pos)
+    if not (colon and colon.group("p") == ":"):
+        raise InvalidArgument(f"JSON Parse error: Missing a colon after a name of object member. at offset: {pos}")
+    return name, colon.end()
+
 def _parse_iterative(text: str, start: int) -> Any:
     """A stack-based parser for documents nested deeper than Python's recursion allows."""
     stack: list[Any] = []  # open containers; for objects, the pending key follows the dict
@@ -265,14 +276,8 @@ def _parse_iterative(text: str, start: int) -> Any:
                     stack.pop()
                     expect_value = False
                     continue
-                if not (m2 and m2.group("s")):
-                    raise InvalidArgument(f"JSON Parse error: Missing a name for object member. at offset: {pos}")
-                stack.append(json.loads(m2.group("s")))
-                pos = m2.end()
-                m3 = _TOKEN.match(text, pos)
-                if not (m3 and m3.group("p") == ":"):
-                    raise InvalidArgument(f"JSON Parse error: Missing a colon after a name of object member. at offset: {pos}")
-                pos = m3.end()
+                name, pos = _member_name(m2, text, pos)
+                stack.append(name)
                 expect_value = True
             continue
         if p in ("]", "}"):
@@ -285,15 +290,8 @@ def _parse_iterative(text: str, start: int) -> Any:
             if expect_value or not stack:
                 raise bad()
             if isinstance(stack[-1], dict):
-                m2 = _TOKEN.match(text, pos)
-                if not (m2 and m2.group("s")):
-                    raise InvalidArgument(f"JSON Parse error: Missing a name for object member. at offset: {pos}")
-                stack.append(json.loads(m2.group("s")))
-                pos = m2.end()
-                m3 = _TOKEN.match(text, pos)
-                if not (m3 and m3.group("p") == ":"):
-                    raise InvalidArgument(f"JSON Parse error: Missing a colon after a name of object member. at offset: {pos}")
-                pos = m3.end()
+                name, pos = _member_name(_TOKEN.match(text, pos), text, pos)
+                stack.append(name)
             expect_value = True
             continue
         if not expect_value or p == ":":
