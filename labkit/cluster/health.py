@@ -6,7 +6,10 @@ servers: a real prediction. Used by ``labkit cluster status`` and tests/test_clu
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from typing import Any
 
 __all__ = ["celery_workers", "check", "ray_nodes"]
@@ -15,16 +18,26 @@ __all__ = ["celery_workers", "check", "ray_nodes"]
 def ray_nodes(state: dict[str, Any], timeout_s: float = 10.0) -> list[dict[str, Any]]:
     """The alive Ray nodes of the cluster in ``state`` (node_id, address, resources), asked of its GCS.
 
-    The GCS requires the token: this process gets ``RAY_AUTH_MODE=token`` and the token path first.
+    The GCS requires the token, and Ray reads ``RAY_AUTH_MODE`` once per process (a process that
+    already used Ray without auth cannot switch). So the question is asked by a short child
+    process with the token in its environment; this process's environment is left as it was.
     """
     ray = state.get("ray")
     if not ray:
         return []
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    os.environ.setdefault("RAY_AUTH_TOKEN_PATH", ray["token_path"])
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": ray["token_path"]}
+    env.pop("RAY_AUTH_TOKEN", None)
+    cmd = [sys.executable, "-m", "labkit.cluster.health", ray["address"], str(timeout_s)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"asking the GCS at {ray['address']} for its nodes failed: {done.stderr.strip()[-300:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _alive_nodes(address: str, timeout_s: float) -> list[dict[str, Any]]:
     from ray._raylet import GcsClient  # type: ignore[attr-defined]
 
-    infos = GcsClient(address=ray["address"]).get_all_node_info(timeout=timeout_s)
+    infos = GcsClient(address=address).get_all_node_info(timeout=timeout_s)
     out = []
     for node_id, info in infos.items():
         if info.state == 0:  # GcsNodeInfo.ALIVE
@@ -83,3 +96,7 @@ def check(state: dict[str, Any]) -> dict[str, str]:
         elif c["kind"] == "server":
             run(c["name"], lambda c=c: _server_ok(c))
     return out
+
+
+if __name__ == "__main__":  # the child process of ray_nodes: python -m labkit.cluster.health ADDRESS TIMEOUT_S
+    print(json.dumps(_alive_nodes(sys.argv[1], float(sys.argv[2]))))
