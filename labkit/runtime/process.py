@@ -491,12 +491,16 @@ def kill_descendant(roots: Iterable[int], *markers: str) -> str:
         for pid in pids:
             try:
                 p = psutil.Process(pid)
-                text = p.name() + " " + " ".join(p.cmdline())
+                name = p.name()
+                text = name + " " + " ".join(p.cmdline())
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
             if marker in text:
-                os.kill(pid, signal.SIGKILL)
-                return f"{p.name()} (pid {pid})"
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:  # it ended between the look and the kill: try the next one
+                    continue
+                return f"{name} (pid {pid})"  # the name read before the kill: a killed process has none
     raise BadInput(f"no process matching {markers} below the given pids")
 
 
