@@ -152,6 +152,15 @@ class BrokerFigures:
     tasks_per_s_2: float
     batch: BatchAfterKill | None
 
+    def line(self) -> str:
+        """The figures in one sentence with units."""
+        d = self.summary()
+        text = (f"{self.broker}: round trip p50 {d['p50_ms']:.1f} ms, p99 {d['p99_ms']:.1f} ms; "
+                f"{d['tasks/s (1 worker)']} tasks/s with 1 worker, {d['tasks/s (2 workers)']} with 2")
+        if self.batch is not None:
+            text += f"; after a worker kill {d['received']} results back ({d['correct']} correct), the killed task redone {d['redelivery_s']} s after the kill"
+        return text
+
     def summary(self) -> dict[str, Any]:
         from labkit.measure.timing import latency_stats
 

@@ -140,6 +140,20 @@ class Emulation:
         pts = self.samples
         return float(sum(a.replicas * (b.t_s - a.t_s) for a, b in zip(pts, pts[1:])))
 
+    def line(self) -> str:
+        """The run's figures in one sentence with units (the same figures as ``summary``)."""
+        d = self.summary()
+        text = f"{d['requests']} requests, {d['errors']} failed, up to {d['max_replicas']} replicas, {d['replica_seconds']} replica·s"
+        if "p99_ms" in d:
+            text += f", p99 {d['p99_ms']} ms"
+        if d["pod_start_s"] is not None:
+            text += f", a new pod ready after {d['pod_start_s']} s"
+        if d["held_s"] is not None:
+            text += f", scale-down held {d['held_s']} s"
+        if d["lb_retries"]:
+            text += f", {d['lb_retries']} balancer retries"
+        return text
+
     def summary(self) -> dict[str, Any]:
         """The figures of the run, one flat dict (for tables and bench lines)."""
         d: dict[str, Any] = {"requests": self.load.n, "errors": self.errors(), "max_replicas": max((s.replicas for s in self.samples), default=0)}

@@ -151,6 +151,12 @@ class EngineRun:
         mean_paged = sum(blocks_needed(n, bs) * bs for n in flat) / len(flat)
         return self.max_len / mean_paged
 
+    def line(self) -> str:
+        """The headline figures in one sentence with units."""
+        return (f"{self.tokens_per_s:,.1f} tokens/s, time to first token p50 {self.ttft.p50 * 1e3:.1f} ms / p99 {self.ttft.p99 * 1e3:.1f} ms, "
+                f"between tokens p50 {self.itl.p50 * 1e3:.1f} ms / p99 {self.itl.p99 * 1e3:.1f} ms, mean batch {self.mean_batch:.1f}, "
+                f"{self.iterations} iterations, KV memory wasted {self.waste:.0%}")
+
     def summary(self) -> dict[str, float]:
         """The headline figures, rounded, for printing and JSON."""
         return {

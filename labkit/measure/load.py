@@ -103,6 +103,14 @@ class LoadResult:
             out[key] = out.get(key, 0) + 1
         return out
 
+    def line(self) -> str:
+        """The run in one sentence with units: requests, errors, throughput, p50/p95/p99."""
+        text = f"{self.n} requests, {self.errors} failed, {self.throughput_per_s:,.1f} req/s"
+        if self.ok:
+            ms = self.stats().ms()
+            text += f", latency p50 {ms['p50']:.1f} ms, p95 {ms['p95']:.1f} ms, p99 {ms['p99']:.1f} ms"
+        return text
+
     def summary(self) -> dict[str, Any]:
         """A flat dict for tables: n, errors, throughput, p50/p95/p99 in ms."""
         d: dict[str, Any] = {"n": self.n, "errors": self.errors, "throughput_per_s": round(self.throughput_per_s, 1)}
