@@ -24,8 +24,12 @@ OUTPUT_NAME = "probabilities"
 
 
 def silence_tensorflow() -> None:
-    """Quiet TensorFlow's C++ start-up logging (must run before tensorflow is imported)."""
+    """Quiet TensorFlow's C++ start-up logging (must run before tensorflow is imported) and its
+    Python INFO lines ("Assets written to ...")."""
+    import logging
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
