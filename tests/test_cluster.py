@@ -85,10 +85,6 @@ def assert_healthy(c: harness.Cluster) -> None:
     assert all(v == "ok" for v in report.values()), report
 
 
-@pytest.mark.skip(
-    reason="notebook 07 on the 2-node cluster blocked for > 10 min in a ray.get (measured 2026-12-02: the "
-    "cluster idle, 0.5 of 2 CPUs used, no pending resource demands); issue 19 stays open until it passes"
-)
 def test_07_ray_runs_tasks_on_both_nodes(lab_cluster: harness.Cluster) -> None:
     env = pick(lab_cluster.env, "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
     text = run_notebook("07", env)

@@ -151,6 +151,7 @@ class RayHandle(Handle):
         self._external = external
         self.pids = set(pids)
         self.serve_url: str | None = None
+        self._apps_before: set[str] = set()
         self.stopped = False
 
     @property
@@ -199,21 +200,29 @@ class RayHandle(Handle):
     def start_serve(self, port: int | None = None) -> str:
         """Start Ray Serve's HTTP proxy on 127.0.0.1 (a free port) and return its base URL.
 
+        On a cluster where Serve already runs (an earlier driver started it), Serve keeps its
+        proxy's port and ignores ours: the URL returned is the port it really listens on.
         Serve's routine INFO lines (app ready, deleting app) are hidden from then on.
         """
         from ray import serve
+        from ray.serve.context import _get_global_client
 
         port = port or free_port()
         # Serve logs every deploy/delete at INFO in the driver; keep warnings and errors only.
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
-        with quiet_logs():
+        with quiet_logs(logging.ERROR):  # an existing Serve warns that our HTTP options are ignored
             serve.start(http_options={"host": "127.0.0.1", "port": port})
+        self._apps_before = set(serve.status().applications)
+        port = _get_global_client().http_config.port
         self.serve_url = f"http://127.0.0.1:{port}"
         self.pids |= {p.pid for p in _ray_descendants()}
         return self.serve_url
 
     def stop_serve(self) -> None:
-        """Delete every Serve application and stop Serve (a local cluster only)."""
+        """Stop Serve: on a local cluster all of it; on an external one, the applications deployed since ``start_serve``.
+
+        A replica holds its CPUs until deleted, so leaving them on a shared cluster would starve the next driver.
+        """
         if self.serve_url is None:
             return
         from ray import serve
@@ -221,6 +230,9 @@ class RayHandle(Handle):
         with quiet_logs(logging.ERROR):
             if not self.external:
                 serve.shutdown()
+            else:
+                for app in sorted(set(serve.status().applications) - self._apps_before):
+                    serve.delete(app)
         self.serve_url = None
 
     def stop(self) -> None:
