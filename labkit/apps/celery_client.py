@@ -212,6 +212,13 @@ class RedisResults:
         self.prefix = "celery-task-meta-"
         self._waiters: dict[str, asyncio.Future[Any]] = {}
         self._task: asyncio.Task[None] | None = None
+        self.delivered = 0  # results handed to their waiter by a pub/sub message
+        self.fallback_reads = 0  # times a waiter read its key itself (no message within fallback_s)
+        self.fallback_hits = 0  # ... and found a result the pub/sub had not delivered: a missed message
+
+    def counts(self) -> dict[str, int]:
+        """How results reached their waiters: by pub/sub, or by the fallback read (a missed message)."""
+        return {"delivered": self.delivered, "fallback_reads": self.fallback_reads, "fallback_hits": self.fallback_hits}
 
     async def start(self) -> None:
         pubsub = self.client.pubsub()
@@ -242,6 +249,7 @@ class RedisResults:
             return
         fut = self._waiters.get(key)
         if fut is not None and not fut.done():
+            self.delivered += 1
             fut.set_result(meta)
         elif key in self.ledger.recent:
             self.ledger.duplicates += 1
@@ -266,10 +274,12 @@ class RedisResults:
             try:
                 return await asyncio.wait_for(asyncio.shield(fut), timeout=min(left, self.fallback_s))
             except asyncio.TimeoutError:
+                self.fallback_reads += 1
                 raw = await self.client.get(self.prefix + key)
-                if raw is not None:
+                if raw is not None and not fut.done():
                     meta = json.loads(raw)
                     if meta.get("status") in _READY:
+                        self.fallback_hits += 1
                         return dict(meta)
         return dict(fut.result())
 

@@ -207,7 +207,9 @@ def create_app() -> Any:
 
     @api.get("/metrics")
     async def metrics(reset: bool = False) -> dict[str, Any]:
-        return {"loop_lag": lag.summary(reset), "at_least_once": ledger.counts(), "resubmit_after_s": ledger.deadline_s}
+        results = state.get("results")
+        out = {"loop_lag": lag.summary(reset), "at_least_once": ledger.counts(), "resubmit_after_s": ledger.deadline_s}
+        return out | ({"results": results.counts()} if results is not None else {})
 
     @api.get("/healthz")
     async def healthz() -> dict[str, Any]:
