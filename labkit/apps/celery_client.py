@@ -197,10 +197,14 @@ class RedisResults:
     """Wait for Celery results on a Redis result backend without blocking the event loop.
 
     One ``redis.asyncio`` pub/sub connection subscribes to ``celery-task-meta-*`` (the backend
-    publishes every stored state there); a waiter registers its key *before* the task is sent,
-    so no result can slip past. Every ``fallback_s`` a waiter also reads the key itself (a lost
-    pub/sub message costs a little latency, never an answer). Results arriving for a key already
-    answered are counted in ``ledger.duplicates``.
+    publishes every stored state there) and ``start()`` returns only once Redis confirmed the
+    subscription; a waiter registers its key *before* the task is sent, so no result can slip
+    past. If the connection drops, the listener subscribes again and reads every waiting key at
+    once (a result stored in the gap is not lost). Every ``fallback_s`` a waiter also reads its
+    key itself: a safety net, counted in ``counts()`` — ``fallback_hits`` is a result the pub/sub
+    never delivered. Another run of a key already answered is counted in ``ledger.duplicates``
+    (the same stored result seen twice is not). Only messages for a waiting or recently
+    answered key are decoded.
     """
 
     def __init__(self, url: str, ledger: Ledger, fallback_s: float = 1.0) -> None:
@@ -211,11 +215,33 @@ class RedisResults:
         self.fallback_s = fallback_s
         self.prefix = "celery-task-meta-"
         self._waiters: dict[str, asyncio.Future[Any]] = {}
+        self._answers: OrderedDict[str, Any] = OrderedDict()  # key -> date_done of the result returned
         self._task: asyncio.Task[None] | None = None
+        self.delivered = 0  # results handed to their waiter by a pub/sub message
+        self.fallback_reads = 0  # times a waiter read its key itself (no message within fallback_s)
+        self.fallback_hits = 0  # ... and found a result the pub/sub had not delivered: a missed message
+        self.reconnects = 0  # pub/sub connections lost and subscribed again
+        self.caught_up = 0  # results found by the read of every waiting key after a reconnect
+        self.bad_messages = 0  # messages on the channel that were not a result's JSON
 
-    async def start(self) -> None:
+    def counts(self) -> dict[str, int]:
+        """How results reached their waiters: by pub/sub, after a reconnect, or by the fallback read."""
+        names = ("delivered", "fallback_reads", "fallback_hits", "reconnects", "caught_up", "bad_messages")
+        return {n: int(getattr(self, n)) for n in names}
+
+    async def _subscribe(self) -> Any:
+        """A new pub/sub connection, returned once Redis confirmed the pattern subscription."""
         pubsub = self.client.pubsub()
         await pubsub.psubscribe(self.prefix + "*")
+        while True:  # the confirmation comes first on this connection: from then on nothing is missed
+            msg = await pubsub.get_message(timeout=5.0)
+            if msg is None:
+                raise ConnectionError("no psubscribe confirmation from Redis within 5 s")
+            if msg["type"] == "psubscribe":
+                return pubsub
+
+    async def start(self) -> None:
+        pubsub = await self._subscribe()
         self._task = asyncio.create_task(self._listen(pubsub))
 
     async def _listen(self, pubsub: Any) -> None:
@@ -224,34 +250,80 @@ class RedisResults:
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # connection dropped: reconnect; waiters read their keys meanwhile
-                await asyncio.sleep(0.5)
-                pubsub = self.client.pubsub()
-                try:
-                    await pubsub.psubscribe(self.prefix + "*")
-                except Exception:
-                    continue
+            except Exception:  # connection dropped: subscribe again, then read every waiting key
+                pubsub = await self._resubscribe(pubsub)
                 continue
-            if msg is None:
+            if msg is not None and msg.get("type") == "pmessage":
+                self._deliver(msg["channel"].decode()[len(self.prefix) :], msg["data"])
+
+    async def _resubscribe(self, old: Any) -> Any:
+        self.reconnects += 1
+        try:
+            await old.aclose()
+        except Exception:
+            pass
+        while True:
+            try:
+                pubsub = await self._subscribe()
+                await self._catch_up()
+                return pubsub
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(0.2)
+
+    async def _catch_up(self) -> None:
+        """Read every waiting key once (MGET): a result stored while no subscription was up."""
+        keys = [k for k, f in self._waiters.items() if not f.done()]
+        if not keys:
+            return
+        for key, raw in zip(keys, await self.client.mget([self.prefix + k for k in keys])):
+            fut = self._waiters.get(key)
+            if raw is None or fut is None or fut.done():
                 continue
-            self._deliver(msg["channel"].decode()[len(self.prefix) :], msg["data"])
+            meta = self._decode(raw)
+            if meta is not None and meta.get("status") in _READY:
+                self.caught_up += 1
+                fut.set_result(meta)
+
+    def _decode(self, raw: bytes) -> dict[str, Any] | None:
+        try:
+            meta = json.loads(raw)
+        except ValueError:
+            self.bad_messages += 1
+            return None
+        if not isinstance(meta, dict):
+            self.bad_messages += 1
+            return None
+        return meta
 
     def _deliver(self, key: str, raw: bytes) -> None:
-        meta = json.loads(raw)
-        if meta.get("status") not in _READY:
-            return
         fut = self._waiters.get(key)
+        waiting = fut is not None and not fut.done()
+        if not waiting and fut is None and key not in self._answers:
+            return  # someone else's result (or one long answered): not decoded
+        meta = self._decode(raw)
+        if meta is None or meta.get("status") not in _READY:
+            return
         if fut is not None and not fut.done():
+            self.delivered += 1
             fut.set_result(meta)
-        elif key in self.ledger.recent:
-            self.ledger.duplicates += 1
+            return
+        answer = fut.result().get("date_done") if fut is not None and not fut.cancelled() else self._answers.get(key)
+        if meta.get("date_done") != answer:
+            self.ledger.duplicates += 1  # another run of a key already answered
 
     def register(self, key: str) -> None:
         """Start listening for ``key`` (before its task is sent)."""
         self._waiters[key] = asyncio.get_running_loop().create_future()
 
     def release(self, key: str) -> None:
-        self._waiters.pop(key, None)
+        """Stop listening for ``key``; remember its answer to tell a later run from the same result."""
+        fut = self._waiters.pop(key, None)
+        if fut is not None and fut.done() and not fut.cancelled():
+            self._answers[key] = fut.result().get("date_done")
+            if len(self._answers) > _RECENT:
+                self._answers.popitem(last=False)
 
     async def fetch(self, key: str, wait_s: float) -> dict[str, Any] | None:
         """The result's metadata (``status``, ``result``) once stored, or None after ``wait_s``."""
@@ -264,13 +336,15 @@ class RedisResults:
             if left <= 0:
                 return None
             try:
-                return await asyncio.wait_for(asyncio.shield(fut), timeout=min(left, self.fallback_s))
+                return dict(await asyncio.wait_for(asyncio.shield(fut), timeout=min(left, self.fallback_s)))
             except asyncio.TimeoutError:
+                self.fallback_reads += 1
                 raw = await self.client.get(self.prefix + key)
-                if raw is not None:
-                    meta = json.loads(raw)
-                    if meta.get("status") in _READY:
-                        return dict(meta)
+                if raw is not None and not fut.done():
+                    meta = self._decode(raw)
+                    if meta is not None and meta.get("status") in _READY:
+                        self.fallback_hits += 1
+                        fut.set_result(meta)  # the pub/sub message, if it comes later, is the same result
         return dict(fut.result())
 
     async def close(self) -> None:

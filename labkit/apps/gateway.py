@@ -8,8 +8,10 @@ Routes (``create_app()`` builds them; ``labkit.services.gateway.start`` runs
                             task not heard back from in time is resubmitted under the same key
     POST /predict_blocking  the seed's version: ``.get()`` inside ``async def`` — blocks the loop
     POST /noop              answers at once without touching the broker: the HTTP ceiling
-    GET  /metrics           event-loop lag (a sleep-drift probe every 5 ms) and the
-                            at-least-once counts (``?reset=1`` starts a new lag window)
+    GET  /metrics           event-loop lag (a sleep-drift probe every 5 ms; p99 wall lag and
+                            the part the loop held, without waiting for a CPU), the
+                            at-least-once counts and how results arrived (``?reset=1``
+                            starts a new lag window)
     GET  /healthz           the process answers (liveness)
     GET  /readyz            the broker and the result backend answer (readiness)
 
@@ -41,29 +43,75 @@ class LoopLag:
     """A sleep-drift probe: ``await asyncio.sleep(period)`` in a loop; how late it wakes is the loop's lag.
 
     Anything that holds the event loop (a synchronous broker call, a long parse) shows up here as
-    lag for every request waiting on that loop.
+    lag for every request waiting on that loop. So does the OS: on shared cores the loop's thread
+    may be runnable but waiting for a CPU. Linux counts that wait per thread
+    (``/proc/self/task/<tid>/schedstat``, second field), so each sample is split in two:
+    ``held`` (wall lag minus the run-queue wait in that window — what the loop's own work cost)
+    and the run-queue wait. Where schedstat is missing, held = wall.
     """
 
     def __init__(self, period_s: float = LAG_PERIOD_S, keep: int = 50_000) -> None:
         self.period_s = period_s
         self.samples: deque[float] = deque(maxlen=keep)
+        self.held: deque[float] = deque(maxlen=keep)
+        self.waited: deque[float] = deque(maxlen=keep)
+
+    @staticmethod
+    def _wait_reader() -> Any:
+        """A function returning this thread's run-queue wait so far (s), or None without schedstat."""
+        import os
+        import threading
+
+        try:
+            fd = os.open(f"/proc/self/task/{threading.get_native_id()}/schedstat", os.O_RDONLY)
+        except OSError:
+            return None
+
+        def read() -> float:
+            return int(os.pread(fd, 128, 0).split()[1]) / 1e9
+
+        try:
+            read()
+        except (OSError, ValueError, IndexError):
+            os.close(fd)
+            return None
+        return read
 
     async def run(self) -> None:
+        wait_s = self._wait_reader()
         while True:
+            w0 = wait_s() if wait_s else 0.0
             t0 = time.perf_counter()
             await asyncio.sleep(self.period_s)
-            self.samples.append(time.perf_counter() - t0 - self.period_s)
+            lag = max(0.0, time.perf_counter() - t0 - self.period_s)
+            waited = (wait_s() - w0) if wait_s else 0.0
+            self.record(lag, waited)
+
+    def record(self, lag_s: float, waited_s: float = 0.0) -> None:
+        """One sample: ``lag_s`` late, of which ``waited_s`` on the run queue (waiting for a CPU)."""
+        waited_s = min(max(waited_s, 0.0), lag_s)
+        self.samples.append(lag_s)
+        self.held.append(lag_s - waited_s)
+        self.waited.append(waited_s)
 
     def summary(self, reset: bool = False) -> dict[str, float]:
-        xs = sorted(self.samples)
+        xs, hs, ws = sorted(self.samples), sorted(self.held), list(self.waited)
         if reset:
             self.samples.clear()
+            self.held.clear()
+            self.waited.clear()
         if not xs:
-            return {"n": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
-        def pick(q: float) -> float:
-            return round(xs[min(len(xs) - 1, int(q * len(xs)))] * 1e3, 3)
+            return {"n": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0, "held_p99_ms": 0.0, "held_max_ms": 0.0, "runqueue_share": 0.0}
 
-        return {"n": len(xs), "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": round(xs[-1] * 1e3, 3)}
+        def pick(v: list[float], q: float) -> float:
+            return round(v[min(len(v) - 1, int(q * len(v)))] * 1e3, 3)
+
+        total = sum(xs)
+        return {
+            "n": len(xs), "p50_ms": pick(xs, 0.5), "p99_ms": pick(xs, 0.99), "max_ms": round(xs[-1] * 1e3, 3),
+            "held_p99_ms": pick(hs, 0.99), "held_max_ms": round(hs[-1] * 1e3, 3),
+            "runqueue_share": round(sum(ws) / total, 3) if total > 0 else 0.0,
+        }  # fmt: skip
 
 
 def _error_text(errors: list[dict[str, Any]]) -> str:
@@ -207,7 +255,9 @@ def create_app() -> Any:
 
     @api.get("/metrics")
     async def metrics(reset: bool = False) -> dict[str, Any]:
-        return {"loop_lag": lag.summary(reset), "at_least_once": ledger.counts(), "resubmit_after_s": ledger.deadline_s}
+        results = state.get("results")
+        out = {"loop_lag": lag.summary(reset), "at_least_once": ledger.counts(), "resubmit_after_s": ledger.deadline_s}
+        return out | ({"results": results.counts()} if results is not None else {})
 
     @api.get("/healthz")
     async def healthz() -> dict[str, Any]:
