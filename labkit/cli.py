@@ -16,6 +16,7 @@ from pathlib import Path
 
 import typer
 
+from labkit.bench import BENCHMARKS
 from labkit.errors import LabkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Model Parallel Inference lab helpers.")
@@ -31,7 +32,7 @@ def doctor(measure: bool = typer.Option(True, help="Measure peak matmul GFLOP/s 
 
 @app.command()
 def bench(
-    name: str = typer.Argument(..., help="baseline, pipeline, ensemble, sharding, data-parallel, celery, gateway, ray, hpa, torchserve, tfserving, faults, or all"),
+    name: str = typer.Argument(..., help=", ".join(BENCHMARKS) + ", or all"),
     fast: bool = typer.Option(False, "--fast", help="Small sizes: the same code paths, quicker."),
     json_path: Path | None = typer.Option(None, "--json", help="Write results here (default: bench-<name>.json in the cache dir)."),
 ) -> None:
