@@ -12,7 +12,6 @@ it is missing here. Notebook 14 runs the same harness.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from labkit import bench
@@ -82,9 +81,7 @@ def _batching_gains(x: Any, y: Any, c: int, duration: float, needs: Any) -> dict
 
     out: dict[str, float | str] = {}
     one, batched = Setting(1), Setting(16, 2.0)
-    if importlib.util.find_spec("labkit.services.triton") is None:
-        out["Triton"] = "missing: labkit/services/triton.py is not on main yet"
-    elif not needs.status("triton").ok:
+    if not needs.status("triton").ok:
         out["Triton"] = f"not available here: {needs.status('triton').reason()}"
     else:
         from labkit.services import triton
@@ -96,9 +93,7 @@ def _batching_gains(x: Any, y: Any, c: int, duration: float, needs: Any) -> dict
                 capstone.load_target(d, x, 4, n_requests=16, duration_s=60.0, workload="wide")
                 tps[s] = capstone.load_target(d, x, c, duration_s=duration, workload="wide").throughput_per_s
         out["Triton"] = tps[batched] / max(tps[one], 1e-9)
-    if importlib.util.find_spec("labkit.services.litserve") is None:
-        out["LitServe"] = "missing: labkit/services/litserve.py is not on main yet"
-    elif not needs.status("litserve").ok:
+    if not needs.status("litserve").ok:
         out["LitServe"] = f"not available here: {needs.status('litserve').reason()}"
     else:
         from labkit.services import litserve
