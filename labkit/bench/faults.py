@@ -36,10 +36,21 @@ from labkit import bench, config
 from labkit.measure.load import Request
 from labkit.measure.recovery import recovery_per_kill
 
-__all__ = ["OPTIONS", "RECOVERY_MARGIN_S", "OptionFaults", "Plan", "celery_option", "measure", "pool_option", "pool_task", "ray_option", "recovery_per_kill", "restore_sweep_s", "run"]
+__all__ = ["OPTIONS", "RECOVERY_MARGIN_S", "OptionFaults", "Plan", "celery_option", "measure", "pool_option", "pool_task", "ray_option", "ray_redelivery_s", "recovery_per_kill", "restore_sweep_s", "run"]
 
 OPTIONS = ("celery-redis", "celery-rabbitmq", "ray-tasks", "pool")
 RECOVERY_MARGIN_S = 2.0  # target: worst recovery ≤ redelivery time + this
+
+
+def ray_redelivery_s() -> float:
+    """When Ray retries a task whose worker was killed, from its own settings (``src/ray/common/ray_config_def.h``):
+    the raylet checks for a worker that vanished every ``raylet_check_for_unexpected_worker_disconnect_interval_ms``
+    (1000 by default) and retries after ``task_retry_delay_ms`` (0 by default); ``RAY_<name>`` overrides either."""
+    import os
+
+    check_ms = float(os.environ.get("RAY_raylet_check_for_unexpected_worker_disconnect_interval_ms", 1000))  # noqa: SIM112 (Ray reads this exact case)
+    delay_ms = float(os.environ.get("RAY_task_retry_delay_ms", 0))  # noqa: SIM112
+    return (check_ms + delay_ms) / 1000.0
 
 
 @dataclass
@@ -288,7 +299,7 @@ def _ray_work(i: int, log: str) -> int:
 
 def ray_option(plan: Plan, progress: Any, workdir: Path) -> OptionFaults:
     """Ray tasks (``max_retries``) kept in flight while random Ray workers are SIGKILLed."""
-    out = OptionFaults("ray-tasks", redelivery_s=1.0)  # Ray sees a worker's death at once and retries its tasks
+    out = OptionFaults("ray-tasks", redelivery_s=ray_redelivery_s())
     try:
         import ray
 
