@@ -70,6 +70,7 @@ class LoopLag:
         def read() -> float:
             return int(os.pread(fd, 128, 0).split()[1]) / 1e9
 
+        read.close = lambda: os.close(fd)  # type: ignore[attr-defined]  # run() closes it when it ends
         try:
             read()
         except (OSError, ValueError, IndexError):
@@ -79,13 +80,17 @@ class LoopLag:
 
     async def run(self) -> None:
         wait_s = self._wait_reader()
-        while True:
-            w0 = wait_s() if wait_s else 0.0
-            t0 = time.perf_counter()
-            await asyncio.sleep(self.period_s)
-            lag = max(0.0, time.perf_counter() - t0 - self.period_s)
-            waited = (wait_s() - w0) if wait_s else 0.0
-            self.record(lag, waited)
+        try:
+            while True:
+                w0 = wait_s() if wait_s else 0.0
+                t0 = time.perf_counter()
+                await asyncio.sleep(self.period_s)
+                lag = max(0.0, time.perf_counter() - t0 - self.period_s)
+                waited = (wait_s() - w0) if wait_s else 0.0
+                self.record(lag, waited)
+        finally:  # cancelled with the app: the schedstat file is closed with it
+            if wait_s is not None:
+                wait_s.close()
 
     def record(self, lag_s: float, waited_s: float = 0.0) -> None:
         """One sample: ``lag_s`` late, of which ``waited_s`` on the run queue (waiting for a CPU)."""
