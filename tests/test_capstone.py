@@ -167,6 +167,17 @@ def test_every_row_says_what_it_is() -> None:
     assert any("ProcessPool" in o.name and "recovering" in o.name for o in rows)
 
 
+def test_families_filter_leaves_out_only_the_other_families(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = options.options()
+    monkeypatch.delenv(options.ONLY_FAMILIES_ENV, raising=False)
+    assert not any(options.left_out(o) for o in rows)  # unset: every row runs
+    monkeypatch.setenv(options.ONLY_FAMILIES_ENV, " Celery, TorchServe ,")
+    kept = {o.name for o in rows if options.left_out(o) is None}
+    assert kept == {o.name for o in rows if o.family in ("Celery", "TorchServe")} and len(kept) == 3
+    ray = next(o for o in rows if o.name == "Ray Serve")
+    assert options.left_out(ray) == "left out by LABKIT_CAPSTONE_FAMILIES (this run measures only Celery, TorchServe)"
+
+
 def test_deployed_checks_its_arguments_and_codecs() -> None:
     with pytest.raises(BadInput):
         capstone.Deployed(stop=lambda: None)

@@ -15,26 +15,45 @@ from typing import Any
 __all__ = ["celery_workers", "check", "ray_nodes"]
 
 
-def ray_nodes(state: dict[str, Any], timeout_s: float = 10.0) -> list[dict[str, Any]]:
+def ray_nodes(state: dict[str, Any], timeout_s: float = 10.0, at_least: int = 0) -> list[dict[str, Any]]:
     """The alive Ray nodes of the cluster in ``state`` (node_id, address, resources), asked of its GCS.
 
     The GCS requires the token, and Ray reads ``RAY_AUTH_MODE`` once per process (a process that
     already used Ray without auth cannot switch). So the question is asked by a short child
     process with the token in its environment; this process's environment is left as it was.
+    ``at_least``: the child keeps asking (once a second, one Ray import) until that many nodes
+    are alive or ``timeout_s`` has passed, then answers what it saw.
     """
     ray = state.get("ray")
     if not ray:
         return []
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": ray["token_path"]}
     env.pop("RAY_AUTH_TOKEN", None)
-    cmd = [sys.executable, "-m", "labkit.cluster.health", ray["address"], str(timeout_s)]
+    cmd = [sys.executable, "-m", "labkit.cluster.health", ray["address"], str(timeout_s), str(at_least)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s + 60)
     if done.returncode != 0:
         raise RuntimeError(f"asking the GCS at {ray['address']} for its nodes failed: {done.stderr.strip()[-300:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _alive_nodes(address: str, timeout_s: float) -> list[dict[str, Any]]:
+def _alive_nodes(address: str, timeout_s: float, at_least: int = 0) -> list[dict[str, Any]]:
+    """In the child: the GCS's alive nodes, asked again each second until ``at_least`` are alive or time is up."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            nodes = _ask_gcs(address, max(min(deadline - time.monotonic(), 10.0), 1.0))
+        except Exception:  # a GCS still starting: ask again while waiting, raise once time is up
+            if not at_least or time.monotonic() + 1.0 > deadline:
+                raise
+            nodes = []
+        if len(nodes) >= at_least or time.monotonic() + 1.0 > deadline:
+            return nodes
+        time.sleep(1.0)
+
+
+def _ask_gcs(address: str, timeout_s: float) -> list[dict[str, Any]]:
     from ray._raylet import GcsClient  # type: ignore[attr-defined]
 
     infos = GcsClient(address=address).get_all_node_info(timeout=timeout_s)
@@ -98,5 +117,5 @@ def check(state: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-if __name__ == "__main__":  # the child process of ray_nodes: python -m labkit.cluster.health ADDRESS TIMEOUT_S
-    print(json.dumps(_alive_nodes(sys.argv[1], float(sys.argv[2]))))
+if __name__ == "__main__":  # the child process of ray_nodes: python -m labkit.cluster.health ADDRESS TIMEOUT_S [AT_LEAST]
+    print(json.dumps(_alive_nodes(sys.argv[1], float(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0)))

@@ -100,7 +100,9 @@ class Supervisor:
         self.state["env"].update({"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
         from labkit.cluster import health
 
-        process.wait_until(lambda: len(health.ray_nodes(self.state)) >= n_nodes, START_TIMEOUT_S, f"{n_nodes} alive Ray nodes", interval_s=1.0)
+        alive = health.ray_nodes(self.state, START_TIMEOUT_S, at_least=n_nodes)  # one child asks each second, not one child per second
+        if len(alive) < n_nodes:
+            raise ServiceUnavailable(f"{len(alive)} of {n_nodes} Ray nodes alive after {START_TIMEOUT_S:.0f} s")
 
     def start_celery(self, n_workers: int, rabbit: bool) -> None:
         from labkit.services import rabbitmq, redis

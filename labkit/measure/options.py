@@ -24,6 +24,7 @@ __all__ = [
     "DEPLOY_DIR",
     "KUBE_FILES",
     "N_WORKERS",
+    "ONLY_FAMILIES_ENV",
     "TF_STAND_IN",
     "Option",
     "deploy_celery",
@@ -41,6 +42,7 @@ __all__ = [
     "deploy_tfserving",
     "deploy_torchserve",
     "deploy_triton",
+    "left_out",
     "options",
 ]
 
@@ -295,6 +297,19 @@ def options() -> list[Option]:
         Option("LitServe", "LitServe", "real", "LitServe's front + one inference worker, wide model only", deploy_litserve, "litserve"),
     ]
     return rows
+
+
+ONLY_FAMILIES_ENV = "LABKIT_CAPSTONE_FAMILIES"
+
+
+def left_out(option: Option) -> str | None:
+    """Why ``option`` is not run: its family is not in ``LABKIT_CAPSTONE_FAMILIES`` (comma-separated,
+    e.g. ``Celery,TorchServe``; unset or empty: every option runs). A test that proves one path
+    (tests/test_degraded.py) runs only the rows it checks; a learner never sets it."""
+    wanted = {f.strip() for f in os.environ.get(ONLY_FAMILIES_ENV, "").split(",") if f.strip()}
+    if not wanted or option.family in wanted:
+        return None
+    return f"left out by {ONLY_FAMILIES_ENV} (this run measures only {', '.join(sorted(wanted))})"
 
 
 def deploy_loc(option: Option) -> int:
