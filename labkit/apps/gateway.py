@@ -9,7 +9,8 @@ Routes (``create_app()`` builds them; ``labkit.services.gateway.start`` runs
     POST /predict_blocking  the seed's version: ``.get()`` inside ``async def`` — blocks the loop
     POST /noop              answers at once without touching the broker: the HTTP ceiling
     GET  /metrics           event-loop lag (a sleep-drift probe every 5 ms; p99 wall lag and
-                            the part the loop held, without waiting for a CPU), the
+                            the part the loop held, without waiting for a CPU), garbage-
+                            collector pauses per generation, the
                             at-least-once counts and how results arrived (``?reset=1``
                             starts a new lag window)
     GET  /healthz           the process answers (liveness)
@@ -30,7 +31,7 @@ from typing import Any
 
 from labkit.apps.body_limit import BodyLimit  # re-exported: the gateway's 413 comes from there
 
-__all__ = ["LAG_PERIOD_S", "MAX_BODY_BYTES", "MAX_IMAGES", "BodyLimit", "LoopLag", "create_app"]
+__all__ = ["LAG_PERIOD_S", "MAX_BODY_BYTES", "MAX_IMAGES", "BodyLimit", "GcPauses", "LoopLag", "create_app"]
 
 LAG_PERIOD_S = 0.005  # the loop-lag probe sleeps this long, over and over, and records the overshoot
 PUBLISH_THREADS = 8
@@ -119,6 +120,31 @@ class LoopLag:
         }  # fmt: skip
 
 
+class GcPauses:
+    """How long the garbage collector stopped this process, per generation (``gc.callbacks``).
+
+    A full (generation 2) collection walks every tracked object and holds the loop meanwhile;
+    the gateway freezes its start-up objects (``gc.freeze()``) so those walks stay short.
+    """
+
+    def __init__(self) -> None:
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.pauses[int(info["generation"])].append(time.perf_counter() - self._t0)
+
+    def summary(self, reset: bool = False) -> dict[str, Any]:
+        out = {f"gen{g}": {"n": len(v), "max_ms": round(max(v, default=0.0) * 1e3, 3), "total_ms": round(sum(v) * 1e3, 1)} for g, v in self.pauses.items()}
+        if reset:
+            for v in self.pauses.values():
+                v.clear()
+        return out
+
+
 def _error_text(errors: list[dict[str, Any]]) -> str:
     parts = []
     for e in errors[:5]:
@@ -163,10 +189,16 @@ def create_app() -> Any:
     backend_url = str(tasks.app.conf.result_backend or "")
     pool = ThreadPoolExecutor(PUBLISH_THREADS, thread_name_prefix="gateway-io")
     lag = LoopLag()
+    gc_pauses = GcPauses()
     state: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(_: Any) -> Any:
+        import gc
+
+        gc.collect()
+        gc.freeze()  # start-up objects (Celery, kombu, pydantic, torch…) leave the collector's walks
+        gc.callbacks.append(gc_pauses)
         state["probe"] = asyncio.create_task(lag.run())
         if backend_url.startswith("redis"):
             state["results"] = celery_client.RedisResults(backend_url, ledger)
@@ -174,6 +206,7 @@ def create_app() -> Any:
         if broker_url.startswith("redis"):
             state["publisher"] = celery_client.RedisPublisher(broker_url)
         yield
+        gc.callbacks.remove(gc_pauses)
         state["probe"].cancel()
         for name in ("results", "publisher"):
             if name in state:
@@ -261,7 +294,7 @@ def create_app() -> Any:
     @api.get("/metrics")
     async def metrics(reset: bool = False) -> dict[str, Any]:
         results = state.get("results")
-        out = {"loop_lag": lag.summary(reset), "at_least_once": ledger.counts(), "resubmit_after_s": ledger.deadline_s}
+        out = {"loop_lag": lag.summary(reset), "gc_pauses": gc_pauses.summary(reset), "at_least_once": ledger.counts(), "resubmit_after_s": ledger.deadline_s}
         return out | ({"results": results.counts()} if results is not None else {})
 
     @api.get("/healthz")
