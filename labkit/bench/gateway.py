@@ -2,23 +2,26 @@
 
 In one run, on the same Redis and the same 2 workers: (1) the HTTP ceiling — the same load
 generator (closed loop, 16 clients, aiohttp) against ``POST /noop`` of the same uvicorn server; (2)
-the workers' ceiling — a direct Celery client sending a batch of the same task at once; (3) the
-gateway's ``POST /predict`` under that load, with the event loop's lag read from ``/metrics``
-(a sleep-drift probe inside the gateway). The three run in interleaved rounds (1 2 3, 1 2 3, …)
-so that a busy spell on shared cores hits them alike. Targets: throughput ≥ 0.9 × the lower
-ceiling (median of the rounds' ratios), p99 loop lag the loop itself held ≤ 5 ms (the wall lag,
-which adds time spent waiting for a CPU that other processes hold, is reported beside it), no
-result found only by the fallback read, 0 errors. Then the seed's ``/predict_blocking`` (``.get()`` inside
-``async def``) for comparison. Notebook 06 calls ``compare_routes``.
+the workers' ceiling — a direct Celery client in a closed loop at the same concurrency (16 of
+the same task always in flight); (3) the gateway's ``POST /predict`` under that load, with the
+event loop's lag read from ``/metrics`` (a sleep-drift probe inside the gateway). The three run
+in interleaved rounds (1 2 3, 1 2 3, …) so that a busy spell on shared cores hits them alike.
+Targets: throughput ≥ 0.9 × the lower ceiling (median of the rounds' ratios), p99 loop lag the
+loop itself held ≤ 5 ms (the wall lag, which adds time spent waiting for a CPU that other
+processes hold, is reported beside it), no result found only by the fallback read, 0 errors
+(gateway and ceiling). Then the seed's ``/predict_blocking`` (``.get()`` inside ``async def``)
+for comparison. Notebook 06 calls ``compare_routes``.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from labkit import bench
 from labkit.measure.load import LoadResult
+from labkit.measure.timing import now
 
 __all__ = ["CONCURRENCY", "Ceilings", "Round", "celery_ceiling", "compare_routes", "http_ceiling", "loop_lag", "measure", "payload", "run", "sustained"]
 
@@ -68,17 +71,50 @@ def http_ceiling(url: str, duration_s: float, concurrency: int = CONCURRENCY, n_
     return load.closed_loop(url + "/noop", payload(n_images), concurrency=concurrency, duration_s=duration_s, client=client)
 
 
-def celery_ceiling(n_tasks: int, n_images: int = 8) -> float:
-    """Tasks/s of a direct Celery client sending ``n_tasks`` of the gateway's task at once, then collecting all."""
+def celery_ceiling(duration_s: float, concurrency: int = CONCURRENCY, n_images: int = 8, timeout_s: float = 60.0) -> LoadResult:
+    """A direct Celery client's closed loop: ``concurrency`` of the gateway's task in flight for
+    ``duration_s``, a new one sent as soon as one completes; every answer is checked.
+
+    One thread waits on Celery's own Redis pub/sub: each result's ``then`` callback fires while the
+    loop drains the result consumer, which blocks on the socket (no polling; measured here, it cost
+    the client no more CPU per task than a 1 ms ``MGET`` sweep, while ``get()`` on the oldest result
+    stalled for seconds). As in ``load.closed_loop``, nothing is sent after ``duration_s`` and the
+    tasks then in flight are waited for and counted. A task with no result after ``timeout_s`` is
+    recorded as an error.
+    """
+    import numpy as np
+
     from labkit.apps import celery_tasks as ct
-    from labkit.measure.timing import now
+    from labkit.measure.load import Request
+    from labkit.models import digit_nets
 
     images = payload(n_images)["images"]
-    t0 = now()
-    results = [ct.model_1.apply_async((images,)) for _ in range(n_tasks)]
-    for r in results:
-        r.get(timeout=60)
-    return n_tasks / (now() - t0)
+    expected = digit_nets.predict(ct.load_models()["cnn"], np.asarray(images, dtype=np.float32).reshape(-1, 1, 8, 8)).tolist()
+    consumer = ct.app.backend.result_consumer
+    done: deque[Any] = deque()  # results whose callback fired, in the order they completed
+    in_flight: dict[str, tuple[Any, float]] = {}  # task id -> (AsyncResult, sent at)
+    result = LoadResult(concurrency=concurrency, started=now())
+    deadline = result.started + duration_s
+    while True:
+        while len(in_flight) < concurrency and now() < deadline:
+            r = ct.model_1.apply_async((images,))
+            in_flight[r.id] = (r, now())
+            r.then(done.append)  # fires at once if its result already came
+        if not in_flight:
+            break
+        if not done:
+            consumer.drain_events(timeout=0.5)  # reads one pub/sub message, or waits for one
+        while done:
+            r = done.popleft()
+            _, t0 = in_flight.pop(r.id)
+            error = None if r.successful() and r.result.get("pred") == expected else f"task {r.state}: {r.result!r:.200}"
+            result.requests.append(Request(t0, now() - t0, None, error))
+        while in_flight and now() - next(iter(in_flight.values()))[1] > timeout_s:  # the oldest first
+            r, t0 = in_flight.pop(next(iter(in_flight)))
+            ct.app.backend.remove_pending_result(r)
+            result.requests.append(Request(t0, now() - t0, None, f"no result after {timeout_s:.0f} s"))
+    result.elapsed_s = now() - result.started
+    return result
 
 
 def loop_lag(url: str, reset: bool = False) -> dict[str, Any]:
@@ -93,9 +129,14 @@ class Round:
     """One round: the HTTP ceiling, the Celery ceiling and the gateway, measured one right after the other."""
 
     http: LoadResult
-    celery_tasks_per_s: float
+    celery: LoadResult
     gateway: LoadResult
     metrics: dict[str, Any]
+
+    @property
+    def celery_tasks_per_s(self) -> float:
+        """The Celery ceiling: completed tasks per second of the closed loop."""
+        return self.celery.throughput_per_s
 
     @property
     def ratio(self) -> float:
@@ -119,11 +160,20 @@ class Ceilings:
 
         return float(statistics.median(values))
 
+    @staticmethod
+    def _pooled(runs: list[LoadResult]) -> LoadResult:
+        reqs = [q for run in runs for q in run.requests]
+        return LoadResult(requests=reqs, started=runs[0].started, elapsed_s=sum(run.elapsed_s for run in runs), concurrency=runs[0].concurrency)
+
     @property
     def gateway(self) -> LoadResult:
         """Every gateway request of every round, as one result (errors, latency percentiles)."""
-        reqs = [q for r in self.rounds for q in r.gateway.requests]
-        return LoadResult(requests=reqs, started=self.rounds[0].gateway.started, elapsed_s=sum(r.gateway.elapsed_s for r in self.rounds), concurrency=self.rounds[0].gateway.concurrency)
+        return self._pooled([r.gateway for r in self.rounds])
+
+    @property
+    def celery(self) -> LoadResult:
+        """Every task of every round's Celery ceiling, as one result (errors, latency percentiles)."""
+        return self._pooled([r.celery for r in self.rounds])
 
     @property
     def gateway_per_s(self) -> float:
@@ -150,22 +200,23 @@ class Ceilings:
         return sum(int(r.metrics.get("results", {}).get(key, 0)) for r in self.rounds)
 
 
-def measure(url: str, duration_s: float, n_tasks: int, concurrency: int = CONCURRENCY, rounds: int = 3, client: str = "aiohttp") -> Ceilings:
+def measure(url: str, duration_s: float, concurrency: int = CONCURRENCY, rounds: int = 3, client: str = "aiohttp") -> Ceilings:
     """Warm up, then ``rounds`` interleaved rounds of the HTTP ceiling, the Celery ceiling and the
-    gateway (its loop lag reset before and read after each), ``duration_s`` and ``n_tasks`` split over them.
+    gateway (its loop lag reset before and read after each), each a closed loop at ``concurrency``
+    for ``duration_s / rounds``.
 
     ``client``: the load generator for both HTTP loads (aiohttp uses about a third of httpx's CPU
     per request, CPU the server shares on a small machine).
     """
     sustained(url, "/predict", min(2.0, duration_s), concurrency, client=client)  # warm-up: connections, imports, caches
-    per_s, per_tasks = duration_s / rounds, max(n_tasks // rounds, 1)
+    per_s = duration_s / rounds
     out = []
     for _ in range(rounds):
         http = http_ceiling(url, per_s, concurrency, client=client)
-        tps = celery_ceiling(per_tasks)
+        celery = celery_ceiling(per_s, concurrency)
         loop_lag(url, reset=True)
         gw = sustained(url, "/predict", per_s, concurrency, client=client)
-        out.append(Round(http, tps, gw, loop_lag(url, reset=True)))
+        out.append(Round(http, celery, gw, loop_lag(url, reset=True)))
     return Ceilings(out)
 
 
@@ -180,7 +231,7 @@ def run(fast: bool) -> bench.Result:
     from labkit.services import celery as celery_svc
     from labkit.services import gateway, redis
 
-    duration, compare_s, n_tasks = (8.0, 4.0, 1000) if fast else (30.0, 10.0, 4000)
+    duration, compare_s = (8.0, 4.0) if fast else (30.0, 10.0)
     result = bench.Result("gateway")
     steps = tqdm(total=2, desc="gateway bench")
     before = {i["pid"] for i in process.running()}
@@ -192,7 +243,7 @@ def run(fast: bool) -> bench.Result:
         workers = celery_svc.start_workers(2, r.url, r.url)
         try:
             with gateway.start(r.url, r.url) as gw:
-                c = measure(gw.url, duration, n_tasks)
+                c = measure(gw.url, duration)
                 steps.update()
                 blocking = sustained(gw.url, "/predict_blocking", compare_s)
                 steps.update()
@@ -202,12 +253,14 @@ def run(fast: bool) -> bench.Result:
     process.assert_nothing_left(before=before, quiet=True)  # every broker, worker and uvicorn is gone
     main = c.gateway
     ms = main.stats().ms()
+    cms = c.celery.stats().ms() if c.celery.ok else {}
     n = len(c.rounds)
     result.targets += [
         bench.Target(f"errors in {duration:.0f} s at concurrency {CONCURRENCY}", main.errors, "requests", "<=", 0),
         bench.Target(f"gateway throughput (median of {n} interleaved rounds)", c.gateway_per_s, "req/s"),
         bench.Target("HTTP ceiling (POST /noop, same server and load generator)", c.http_per_s, "req/s"),
-        bench.Target("Celery ceiling (direct client, same workers)", c.celery_tasks_per_s, "tasks/s"),
+        bench.Target(f"Celery ceiling (direct closed-loop client, {CONCURRENCY} in flight, same workers)", c.celery_tasks_per_s, "tasks/s"),
+        bench.Target("Celery ceiling: failed or wrong tasks", c.celery.errors, "tasks", "<=", 0),
         bench.Target("gateway / lower ceiling (median of the rounds' own ratios)", c.ratio, "x", ">=", RATIO_TARGET),
         bench.Target("event-loop lag p99 the loop itself held (CPU wait taken out; worst round)", c.lag("held_p99_ms"), "ms", "<=", LAG_P99_TARGET_MS),
         bench.Target("event-loop lag p99, wall (includes waiting for a CPU other processes held)", c.lag("p99_ms"), "ms"),
@@ -215,6 +268,11 @@ def run(fast: bool) -> bench.Result:
         bench.Target("gateway p50", ms["p50"], "ms"),
         bench.Target("gateway p99", ms["p99"], "ms"),
     ]
+    if cms:
+        result.targets += [
+            bench.Target("Celery ceiling p50 (task sent to result seen, direct client)", cms["p50"], "ms"),
+            bench.Target("Celery ceiling p99 (task sent to result seen, direct client)", cms["p99"], "ms"),
+        ]
     if blocking.ok:
         bms = blocking.stats().ms()
         result.targets += [
@@ -223,8 +281,17 @@ def run(fast: bool) -> bench.Result:
         ]
     result.figures = {
         "async": main.summary(),
+        "celery": c.celery.summary(),
         "rounds": [
-            {"http": r.http.summary(), "celery_tasks_per_s": round(r.celery_tasks_per_s, 1), "gateway": r.gateway.summary(), "ratio": round(r.ratio, 3), "metrics": r.metrics} for r in c.rounds
+            {
+                "http": r.http.summary(),
+                "celery_tasks_per_s": round(r.celery_tasks_per_s, 1),
+                "celery": r.celery.summary(),
+                "gateway": r.gateway.summary(),
+                "ratio": round(r.ratio, 3),
+                "metrics": r.metrics,
+            }
+            for r in c.rounds
         ],
         "blocking": blocking.summary(),
         "status_async": main.status_counts(),
