@@ -1,6 +1,8 @@
 """Settings from the environment, in one place, read when asked (never frozen at import).
 
     LABKIT_FAST=1        small data, few repetitions, short load tests (set by the test command)
+    LABKIT_CAPSTONE_FAMILIES  comma-separated capstone families (Celery,TorchServe…) to run; the other
+                         rows say they were left out (default: every row; tests/test_degraded.py sets it)
     LABKIT_STRICT=1      a missing service or binary is an error, not a skip (set by CI)
     LABKIT_CACHE_DIR     where trained models, pid files and results go (default ~/.cache/labkit)
     LABKIT_DEVICE        auto | cpu | cuda | cuda:N | mps (default auto: cuda → mps → cpu)
@@ -41,6 +43,7 @@ __all__ = [
     "balancer_mode",
     "balancer_retries",
     "cache_dir",
+    "capstone_families",
     "celery_workers_external",
     "device_name",
     "external_url",
@@ -85,6 +88,7 @@ VARIABLES = (
     "LABKIT_LB_RETRIES",
     "LABKIT_LB_MODE",
     "LABKIT_CELERY_WORKERS",
+    "LABKIT_CAPSTONE_FAMILIES",
 )
 
 
@@ -193,6 +197,11 @@ def balancer_retries(default: int) -> int:
 def balancer_mode(default: str) -> str:
     """LABKIT_LB_MODE as written (``default`` when unset); ``apps.balancer`` says which modes exist."""
     return os.environ.get("LABKIT_LB_MODE", "").strip() or default
+
+
+def capstone_families() -> set[str]:
+    """LABKIT_CAPSTONE_FAMILIES: the capstone families to run (empty set: all of them)."""
+    return {f.strip() for f in os.environ.get("LABKIT_CAPSTONE_FAMILIES", "").split(",") if f.strip()}
 
 
 def celery_workers_external() -> bool:

@@ -306,7 +306,9 @@ def left_out(option: Option) -> str | None:
     """Why ``option`` is not run: its family is not in ``LABKIT_CAPSTONE_FAMILIES`` (comma-separated,
     e.g. ``Celery,TorchServe``; unset or empty: every option runs). A test that proves one path
     (tests/test_degraded.py) runs only the rows it checks; a learner never sets it."""
-    wanted = {f.strip() for f in os.environ.get(ONLY_FAMILIES_ENV, "").split(",") if f.strip()}
+    from labkit import config
+
+    wanted = config.capstone_families()
     if not wanted or option.family in wanted:
         return None
     return f"left out by {ONLY_FAMILIES_ENV} (this run measures only {', '.join(sorted(wanted))})"
