@@ -174,6 +174,25 @@ def test_serve_answers_like_the_local_model(cluster: Any, cnn: Any) -> None:
     serve.delete("digits")
 
 
+def test_the_local_cluster_listens_on_loopback_only(cluster: Any) -> None:
+    """Ray's GCS, raylet, agents, workers and Serve proxy: every listening socket on 127.0.0.1 (DESIGN: servers bind loopback)."""
+    import ipaddress
+
+    import psutil
+
+    cluster.processes()  # records the pids of every Ray process started so far
+    sockets = []
+    for pid in cluster.pids:
+        try:
+            sockets += [c.laddr for c in psutil.Process(pid).net_connections("inet") if c.status == psutil.CONN_LISTEN]
+        except psutil.NoSuchProcess:
+            continue
+    assert sockets, "no Ray process listens at all: the check saw nothing"
+    wide = sorted({a.ip for a in sockets if not ipaddress.ip_address(a.ip.removeprefix("::ffff:")).is_loopback})
+    assert not wide, f"Ray listens beyond loopback on {wide}"
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+
+
 @pytest.mark.service
 def test_zz_stop_leaves_no_ray_process(cluster: Any) -> None:
     from labkit.services import ray as ray_service

@@ -268,6 +268,35 @@ class RayHandle(Handle):
         return self
 
 
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """While a local cluster starts, make Ray's processes listen on 127.0.0.1 only.
+
+    Ray 2.60 rewrites ``_node_ip_address="127.0.0.1"`` to the host's routable address, and its
+    GCS, raylet and agents then listen on every interface (measured: 0.0.0.0, ::, 192.0.2.2).
+    ``ray._private.services.get_node_ip_address`` keeps the loopback address only when
+    ``ray_constants.ENABLE_RAY_CLUSTER`` is false, which Ray reads from
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` at import (false by default on macOS and Windows only).
+    A one-node lab cluster needs no other machine to reach it: the flag is set for the start
+    (the variable for the processes Ray starts, the constant for a ``ray`` already imported) and
+    put back afterwards, so joining a real cluster later (``RAY_ADDRESS``) is unaffected.
+    Measured with it: every listening socket of the cluster on 127.0.0.1.
+    """
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved_env
+
+
 def start(num_cpus: int = DEFAULT_NUM_CPUS, num_gpus: int | None = None, address: str | None = None, **init_kwargs: Any) -> RayHandle:
     """Start a local Ray cluster (or join ``address`` / ``RAY_ADDRESS``) and return its handle.
 
@@ -314,7 +343,7 @@ def start(num_cpus: int = DEFAULT_NUM_CPUS, num_gpus: int | None = None, address
     for attempt in range(1, START_ATTEMPTS + 1):
         with quiet_logs():
             try:
-                with _patient_node_wait(START_WAIT_S):
+                with _patient_node_wait(START_WAIT_S), _loopback_only():
                     ctx = ray.init(address="local", **kwargs)
                 break
             except Exception as exc:  # Ray waits 30 s for its raylet: an overloaded machine can miss that
