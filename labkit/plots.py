@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "annotate_device",
     "bars",
+    "draw_spread",
     "gantt",
     "latency_cdf",
     "latency_vs_batch",
@@ -174,6 +175,16 @@ def bars(values: Mapping[str, float], ax: Axes | None = None, ylabel: str = "", 
     ax.tick_params(axis="x", labelrotation=20 if len(names) > 4 else 0)
     ax.grid(axis="y", alpha=0.3)
     return ax
+
+
+def draw_spread(ax: Axes, xs: Sequence[Any], medians: Sequence[float], lows: Sequence[float], highs: Sequence[float], color: str = "black") -> None:
+    """Draw min–max error bars around each median on ``ax`` (a speedup, throughput or bar plot).
+
+    ``lows`` / ``highs`` come from the Spreads of ``timing.compare`` (``.low``, ``.high``, or a
+    ratio's range from ``timing.ratio``). Used in 02, 04, 05.
+    """
+    yerr = [[m - lo for m, lo in zip(medians, lows)], [hi - m for m, hi in zip(medians, highs)]]
+    ax.errorbar(list(xs), list(medians), yerr=yerr, fmt="none", ecolor=color, capsize=4, linewidth=1, zorder=3)
 
 
 def over_time(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], ax: Axes | None = None, ylabel: str = "", title: str = "", step: bool = False) -> Axes:

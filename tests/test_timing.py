@@ -150,11 +150,68 @@ def test_point_times_at_least_the_minimum_and_keeps_the_thread_count() -> None:
 def test_compare_interleaves_variants_after_warming_each() -> None:
     order: list[str] = []
     timing.compare({"A": lambda: order.append("A"), "B": lambda: order.append("B")}, repeats=3, min_s=0.0, warmup=1)
-    assert order == ["A", "B"] + ["A", "B"] * 3  # warm-up of both, then A B A B A B (never A A B B)
-    got = timing.interleave({"A": lambda: 1.0, "B": lambda: 2.0}, repeats=4, warmup=1)
+    assert order == ["A", "B"] + ["A", "B", "B", "A", "A", "B"]  # warm-up of both, then A B, B A, A B (never A A B B)
+    order.clear()
+    got = timing.interleave({"A": lambda: order.append("A") or 1.0, "B": lambda: order.append("B") or 2.0}, repeats=4, warmup=1)
+    assert order == ["A", "B"] + ["A", "B", "B", "A"] * 2
     assert got["A"].values == (1.0,) * 4 and got["B"].median == 2.0
     with pytest.raises(BadInput):
         timing.compare({})
+
+
+# --- compare with fixed_calls: the rule of the patterns notebooks 02-05 (formerly labkit.patterns.repeats)
+
+
+def test_every_variant_is_warmed_up_then_interleaved_in_alternating_order() -> None:
+    calls: list[str] = []
+    samples = timing.compare({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, min_s=0.0, fixed_calls=True)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up a, b; then a b, b a, a b
+    assert set(samples) == {"a", "b"} and all(len(s.values) == 3 for s in samples.values())
+
+
+def test_a_fast_point_is_repeated_until_its_rounds_last_min_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]  # a fake clock: every call of the work takes exactly 2 ms, however busy the machine is
+    monkeypatch.setattr(timing, "now", lambda: clock[0])
+    n = [0]
+
+    def work() -> None:
+        n[0] += 1
+        clock[0] += 0.002
+
+    sample = timing.compare({"fast": work}, repeats=2, min_s=0.02, fixed_calls=True)["fast"]
+    assert sample.calls == (5, 5)  # 2 rounds × 5 calls × 2 ms = the 20 ms asked for the point
+    assert n[0] == 1 + 2 * 5
+    assert sample.median == pytest.approx(0.002)  # seconds per call, not per round
+
+
+def test_fixed_calls_reads_the_clock_and_waits_for_the_device_only_around_each_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    _recording_sync(monkeypatch, events)
+    s = timing.compare({"a": lambda: events.append("call")}, repeats=2, min_s=0.0, warmup=1, device="cuda:0", fixed_calls=True)["a"]
+    assert events == ["sync cuda:0", "call", "sync cuda:0"] + ["sync cuda:0", "call", "sync cuda:0"] * 2 and s.calls == (1, 1)
+
+
+def test_keys_are_kept_and_labels_name_them() -> None:
+    by = timing.compare({1: lambda: None, (2, "threads"): lambda: None}, repeats=1, min_s=0.0, fixed_calls=True)
+    assert list(by) == [1, (2, "threads")] and by[(2, "threads")].label == "(2, 'threads')"
+
+
+def test_spread_median_spread_steady_and_ratio() -> None:
+    a = timing.spread([1.0, 2.0, 4.0], label="a")
+    b = timing.spread([2.0, 2.0, 2.0], label="b")
+    assert (a.median, a.low, a.high) == (2.0, 1.0, 4.0)
+    assert a.median_relative_spread == pytest.approx(1.5) and not a.steady() and b.steady()
+    assert timing.spread([1.0, 1.3]).steady() and not timing.spread([1.0, 1.4]).steady()  # 30 % of the median 1.15 / 1.2
+    assert timing.ratio(b, a) == (1.0, 0.5, 2.0)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(BadInput):
+        timing.compare({"a": lambda: None}, repeats=0, fixed_calls=True)
+    with pytest.raises(BadInput):
+        timing.compare({}, fixed_calls=True)
+    with pytest.raises(BadInput):
+        timing.compare({"a": lambda: None}, warmup=-1)
 
 
 def test_with_spread_draws_error_bars_and_a_legend_outside() -> None:
@@ -167,3 +224,19 @@ def test_with_spread_draws_error_bars_and_a_legend_outside() -> None:
     legend = ax.get_legend()
     assert legend is not None and legend.get_bbox_to_anchor().x0 > ax.get_window_extent().x0
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2"]
+
+
+def test_draw_spread_draws_min_max_bars_around_each_median() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from labkit import plots
+
+    fig, ax = plt.subplots()
+    plots.draw_spread(ax, [1, 2], [2.0, 3.0], [1.0, 2.5], [4.0, 3.5])
+    (bars,) = ax.collections
+    segments = [seg.tolist() for seg in bars.get_segments()]
+    assert segments == [[[1.0, 1.0], [1.0, 4.0]], [[2.0, 2.5], [2.0, 3.5]]]
+    plt.close(fig)

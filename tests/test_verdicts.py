@@ -75,6 +75,20 @@ def test_sanity_guards_print_a_warning_and_exercises_refuse(capsys: pytest.Captu
     assert guards.refusal(guards.Guard(True, "")) is None
 
 
+def test_rounds_agree_prints_one_verdict(capsys: pytest.CaptureFixture[str]) -> None:
+    from labkit.measure import guards, timing
+
+    held = guards.rounds_agree({"a": timing.spread([1.0, 1.1, 1.05], label="a")})
+    out = capsys.readouterr().out
+    assert held and out.startswith("✅") and "rounds" in out
+    held = guards.rounds_agree({"a": timing.spread([1.0, 2.0, 1.05], label="a"), "b": timing.spread([1.0, 1.0, 1.0], label="b")})
+    out = capsys.readouterr().out
+    assert not held and out.startswith("⚠️") and "worst: a" in out and "95 %" in out  # (2 - 1) / 1.05 of the median
+    assert guards.rounds_agree({"a": timing.spread([1.0, 1.3])}, quiet=True) and capsys.readouterr().out == ""
+    with pytest.raises(BadInput):
+        guards.rounds_agree({})
+
+
 def test_probe_counts_other_programs_cpu_and_refreshes_while_running() -> None:
     r = probe.ProbeReport(1e-3, 1e-3, 0.1, 0.1, 2, 2, others_cores=1.2)
     assert r.busy() and "1.2 of the 2 usable cores" in (r.cause() or "") and "other programs 1.2 cores" in r.line()

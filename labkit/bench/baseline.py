@@ -1,6 +1,6 @@
 """Baseline: the machine's physical limit and one model's inference on it (notebook 00).
 
-- ``peak``: fp32 matmul GFLOP/s per thread count, thread counts interleaved (1 2 1 2 …), a Spread
+- ``peak``: fp32 matmul GFLOP/s per thread count, thread counts interleaved (1 2, 2 1, …), a Spread
   each; ``best_peak`` is the limit every speedup is judged against (best of all measurements with
   at most that many threads: a peak that other programs lowered never passes for the machine's).
 - ``batch_sweep``: latency per batch and items/s of the digit CNN across batch sizes (interleaved,
@@ -53,7 +53,7 @@ class SweepPoint:
 def peak(thread_counts: Sequence[int] | None = None, size: int = 1024, repeats: int = 5, min_s: float | None = None) -> dict[int, Spread]:
     """fp32 matmul GFLOP/s per thread count (default 1 … usable cores), a Spread of repeats each.
 
-    The thread counts are timed in interleaved rounds (1 2 1 2 …, ``timing.compare``), each with at
+    The thread counts are timed in interleaved rounds (1 2, 2 1, …, ``timing.compare``), each with at
     least ``min_s`` (default ``timing.min_point_s()``) of timed products, so a busy spell hits all.
     Shown in 00 §2.
     """
@@ -96,7 +96,7 @@ def best_peak(peaks: dict[int, Spread] | dict[int, float], threads: int) -> floa
 
 def batch_sweep(model: Any, batch_sizes: Sequence[int], repeats: int = 5, threads: int | None = None, progress: bool = True, min_s: float | None = None) -> list[SweepPoint]:
     """Time ``model`` on random digit batches of each size: every size warmed up, then interleaved
-    rounds (1 8 64 … 1 8 64 …, ``timing.compare``) with at least ``min_s`` (default
+    rounds (1 8 64 …, … 64 8 1, ``timing.compare``) with at least ``min_s`` (default
     ``timing.min_point_s()``) of timed calls per size; each point is the median of ``repeats`` rounds.
 
     The batches are made on the model's device in its dtype; on a GPU each timed call ends when

@@ -3,12 +3,15 @@
     g = guards.fraction_of_peak(measured, peak)        # above 1: the peak was measured too low
     g = guards.peak_with_threads({1: 180.0, 2: 49.4})  # adding threads lowered the peak
     g = guards.repeats_agree(spread)                   # a repeat differs from its twin by > 30 %
+    g = guards.rounds_agree(timing.compare(...))       # some variant's rounds differ by > 30 % of its median
     g = guards.speedup_within_cores(3.1, workers=4)    # more speedup than usable cores
     if not g: ...                                      # g.reason says why; g.line is the ⚠️ line
 
 Each guard prints its ⚠️ line (nothing when the number is sane, unless ``quiet=False``) and returns
 a ``Guard``, truthy when sane. ``refusal(*guards)`` is the message an exercise's check returns
 instead of ✅ when any guard tripped. The ⚠️ line ends with the probe's cause when it saw one.
+``rounds_agree`` prints its ✅ line too: the patterns notebooks show that each comparison held steady.
+Its 30 % is of the median (``Spread.steady``); ``repeats_agree``'s is of the smaller repeat.
 Used in 00-05 and by their exercises.
 """
 
@@ -16,11 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from labkit.errors import BadInput
 from labkit.measure import probe, verdicts
-from labkit.measure.timing import Spread
+from labkit.measure.timing import STEADY_LIMIT, Spread
 
-__all__ = ["TWIN_LIMIT", "Guard", "fraction_of_peak", "peak_with_threads", "refusal", "repeats_agree", "speedup_within_cores"]
+__all__ = ["TWIN_LIMIT", "Guard", "fraction_of_peak", "peak_with_threads", "refusal", "repeats_agree", "rounds_agree", "speedup_within_cores"]
 
 TWIN_LIMIT = 0.30  # a repeat more than 30 % away from its twin: the figure is noise, not a measurement
 THREAD_DROP_LIMIT = 0.10  # a peak more than 10 % lower with more threads: threads fought for cores
@@ -78,6 +83,21 @@ def repeats_agree(s: Spread, what: str = "", limit: float = TWIN_LIMIT, quiet: b
     name = what or s.label or "the figure"
     why = f"the repeats of {name} disagree by {s.relative_spread:.0%}, so its median is not one speed but a mix of busy and idle moments"
     return _guard(f"repeats of {name} agree within {limit:.0%}", s.relative_spread * 100, "<=", limit * 100, why, unit=" %", digits=0, quiet=quiet)
+
+
+def rounds_agree(spreads: Mapping[Any, Spread], limit: float = STEADY_LIMIT, quiet: bool = False) -> Guard:
+    """One line for a whole comparison: do the interleaved rounds of every variant agree within
+    ``limit`` (30 %) of their median (``Spread.steady``)? The worst variant is named.
+
+    Unlike the other guards it prints its ✅ line as well unless ``quiet``. Used in 02, 04, 05.
+    """
+    if not spreads:
+        raise BadInput("give at least one Spread (the result of timing.compare)")
+    worst = max(spreads.values(), key=lambda s: s.median_relative_spread)
+    spread = worst.median_relative_spread
+    why = f"the rounds of {worst.label} differ by {spread:.0%} of their median, so its median is not one speed but a mix of busy and idle moments"
+    claim = f"the {worst.n} interleaved rounds of each variant agree (worst: {worst.label})"
+    return _guard(claim, 100 * spread, "<=", 100 * limit, why, unit=" %", digits=0, quiet=quiet)
 
 
 def speedup_within_cores(speedup: float, workers: int | None = None, cores: int | None = None, quiet: bool = True) -> Guard:

@@ -13,23 +13,29 @@ Measurement hygiene (every comparison in the notebooks and benchmarks goes throu
 
     s = timing.point(fn)                       # warm-up, then >= min_point_s() of timed calls
     s.median, s.iqr, s.low, s.high             # seconds per call, and the spread over blocks
-    by = timing.compare({"A": f, "B": g})      # A B A B ... interleaved, a Spread per variant
-    by = timing.interleave({"A": run_a, ...})  # same, for callables that return their own figure
+    by = timing.compare({"A": f, "B": g})      # A B, B A, A B ... rounds, a Spread per variant
+    by = timing.compare(fs, fixed_calls=True)  # same calls in every round, fixed from the warm-up
+    by = timing.interleave({"A": run_a, ...})  # same order, for callables that return their own figure
     by["A"].per(1000)                          # the Spread of a rate: 1000 items per call / s
+    by["A"].steady()                           # rounds agree within 30 % of their median
+    timing.ratio(by["A"], by["B"])             # A / B: median ratio and its widest range
 
 ``point`` uses ``torch.utils.benchmark.Timer.blocked_autorange`` (it keeps the caller's thread
 count). A ``Spread`` holds one figure per repeat; ``str()`` gives "median (IQR q1–q3, n repeats)".
-Used in every notebook.
+``compare`` flips the order every round (A B, then B A), so a machine that speeds up or slows down
+during the run hurts every variant alike, and the variant timed last in one round is timed first
+in the next. Used in every notebook.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from labkit.errors import BadInput
 
@@ -47,6 +53,7 @@ __all__ = [
     "now",
     "percentiles",
     "point",
+    "ratio",
     "spread",
     "synchronize",
     "throughput",
@@ -54,6 +61,8 @@ __all__ = [
 ]
 
 PERCENTILES = (50.0, 95.0, 99.0)
+
+K = TypeVar("K", bound=Hashable)  # the name of a compared variant (a label, a worker count, a tuple)
 
 
 def now() -> float:
@@ -304,6 +313,7 @@ def measure(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, device: An
 FAST_MIN_POINT_S = 0.3  # seconds of timed calls per measured point in fast mode
 FULL_MIN_POINT_S = 1.0  # ... and in full mode
 DEFAULT_REPEATS = 5  # interleaved rounds per compared variant
+STEADY_LIMIT = 0.30  # rounds whose max − min exceeds 30 % of their median are suspect (Spread.steady)
 
 
 def min_point_s() -> float:
@@ -322,10 +332,16 @@ class Spread:
     (3.0, 1.0, 10.0, 2.0)
     >>> s.per(1.0).median  # a rate: 1 unit of work per call
     0.3333333333333333
+    >>> s.median_relative_spread, s.steady()  # (10 - 1) / 3: the repeats disagree
+    (3.0, False)
+
+    ``calls`` holds how many calls each round timed (from ``compare``; empty when the figures were
+    not timed calls).
     """
 
     values: tuple[float, ...]
     label: str = ""
+    calls: tuple[int, ...] = ()
 
     def _q(self, p: float) -> float:
         return percentiles(self.values, [p])[p]
@@ -369,13 +385,22 @@ class Spread:
         """(max - min) / min: how far the most different repeat is from its twin (0.3 = 30 %)."""
         return (self.high - self.low) / self.low if self.low > 0 else float("inf")
 
+    @property
+    def median_relative_spread(self) -> float:
+        """(max - min) / median of the repeats: 0.1 means they agree within 10 % of their median."""
+        return (self.high - self.low) / self.median if self.median > 0 else 0.0
+
+    def steady(self, limit: float = STEADY_LIMIT) -> bool:
+        """True when the repeats agree within ``limit`` (30 %) of their median."""
+        return self.median_relative_spread <= limit
+
     def scaled(self, factor: float) -> Spread:
         """Every figure times ``factor`` (e.g. 1e3 for ms)."""
-        return Spread(tuple(v * factor for v in self.values), self.label)
+        return Spread(tuple(v * factor for v in self.values), self.label, self.calls)
 
     def per(self, work: float = 1.0) -> Spread:
         """The rate ``work / figure`` of every repeat (e.g. images per second from seconds per call)."""
-        return Spread(tuple(work / v if v > 0 else float("inf") for v in self.values), self.label)
+        return Spread(tuple(work / v if v > 0 else float("inf") for v in self.values), self.label, self.calls)
 
     def fmt(self, unit: str = "", digits: int = 2, scale: float = 1.0) -> str:
         """``median unit (IQR q1–q3, n repeats)`` with the figures times ``scale``."""
@@ -392,6 +417,17 @@ def spread(values: Iterable[float], label: str = "") -> Spread:
     if not vals:
         raise BadInput("a spread needs at least one figure")
     return Spread(vals, label)
+
+
+def ratio(numerator: Spread, denominator: Spread) -> tuple[float, float, float]:
+    """``numerator / denominator`` (e.g. a speedup: the baseline's seconds over a variant's) as
+    (median ratio, lowest, highest): the range pairs the numerator's low with the denominator's high
+    and the other way round, so it covers every pair of repeats.
+
+    >>> ratio(spread([2.0, 2.0, 2.0]), spread([1.0, 2.0, 4.0]))
+    (1.0, 0.5, 2.0)
+    """
+    return numerator.median / denominator.median, numerator.low / denominator.high, numerator.high / denominator.low
 
 
 def point(fn: Callable[[], Any], min_s: float | None = None, warmup: int = 1, device: Any = None, label: str = "") -> Spread:
@@ -420,54 +456,104 @@ def point(fn: Callable[[], Any], min_s: float | None = None, warmup: int = 1, de
     return Spread(tuple(float(t) for t in m.times), label)
 
 
-def _rounds(variants: Mapping[str, Callable[[], Any]], repeats: int, warmup: int, one: Callable[[Callable[[], Any]], float]) -> dict[str, Spread]:
+def _rounds(
+    variants: Mapping[K, Callable[[], Any]],
+    repeats: int,
+    warm: Callable[[K, Callable[[], Any]], None],
+    one: Callable[[K, Callable[[], Any]], float],
+) -> dict[K, list[float]]:
     if not variants:
         raise BadInput("give at least one variant to compare")
     if repeats < 1:
         raise BadInput("repeats must be at least 1")
-    for fn in variants.values():  # warm every variant before any is timed
-        for _ in range(warmup):
-            fn()
-    out: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):  # A B A B ..., never A A B B: a slow spell hits every variant
-        for name, fn in variants.items():
-            out[name].append(one(fn))
-    return {name: Spread(tuple(v), name) for name, v in out.items()}
+    for name, fn in variants.items():  # warm every variant before any is timed
+        warm(name, fn)
+    out: dict[K, list[float]] = {name: [] for name in variants}
+    order = list(variants)
+    for r in range(repeats):  # A B, B A, A B ...: never A A B B, and no variant always goes first
+        for name in order if r % 2 == 0 else order[::-1]:
+            out[name].append(one(name, variants[name]))
+    return out
 
 
 def compare(
-    variants: Mapping[str, Callable[[], Any]],
+    variants: Mapping[K, Callable[[], Any]],
     repeats: int = DEFAULT_REPEATS,
     min_s: float | None = None,
     warmup: int = 1,
     device: Any = None,
-) -> dict[str, Spread]:
-    """Seconds per call of each variant, timed in interleaved rounds (A B A B ...).
+    fixed_calls: bool = False,
+) -> dict[K, Spread]:
+    """Seconds per call of each variant, timed in interleaved rounds whose order flips (A B, B A, A B ...).
 
-    Every variant is warmed up first; each round times every variant once, calling it until at
-    least ``min_s / repeats`` has passed (at least once), so each variant gets ``min_s`` (default
-    ``min_point_s()``) of timed work in all. Returns a Spread (one figure per round) per variant.
+    Every variant is warmed up first (``warmup`` calls each, before any is timed). Then each round
+    times every variant once, so each gets at least ``min_s`` (default ``min_point_s()``) of timed
+    work in all:
+
+    - by default each round calls a variant until ``min_s / repeats`` has passed (at least once),
+      reading the clock (and waiting for ``device``) after every call;
+    - with ``fixed_calls`` the calls per round are fixed after the warm-up, from the last warm-up
+      call's time, so that the rounds together last at least ``min_s``; every round then repeats the
+      same work, and the clock is read (and ``device`` waited for) only around the whole round.
+      Without a warm-up that is one call per round. Used so in 02, 03, 04, 05.
+
+    Returns a Spread (one figure per round, ``calls`` per round) per variant, labelled by its name.
+
+    >>> by = compare({"A": lambda: None, "B": lambda: None}, repeats=2, min_s=0.0, fixed_calls=True)
+    >>> by["A"].n, by["B"].calls
+    (2, (1, 1))
     """
-    budget = (min_point_s() if min_s is None else min_s) / max(repeats, 1)
+    if warmup < 0:
+        raise BadInput("warmup must be 0 or more")
+    total_s = min_point_s() if min_s is None else min_s
+    budget = total_s / max(repeats, 1)
+    per_round: dict[K, int] = {}
+    calls: dict[K, list[int]] = {name: [] for name in variants}
 
-    def one(fn: Callable[[], Any]) -> float:
-        synchronize(device)
-        calls, t0 = 0, now()
-        while True:
+    def warm(name: K, fn: Callable[[], Any]) -> None:
+        took = 0.0
+        for _ in range(warmup):
+            synchronize(device)
+            t0 = now()
             fn()
-            calls += 1
+            synchronize(device)
+            took = now() - t0
+        per_round[name] = max(1, math.ceil(total_s / repeats / took)) if took > 0 else 1
+
+    def one(name: K, fn: Callable[[], Any]) -> float:
+        synchronize(device)
+        n, t0 = 0, now()
+        if fixed_calls:
+            for _ in range(per_round[name]):
+                fn()
+            n = per_round[name]
             synchronize(device)
             elapsed = now() - t0
-            if elapsed >= budget:
-                return elapsed / calls
+        else:
+            while True:
+                fn()
+                n += 1
+                synchronize(device)
+                elapsed = now() - t0
+                if elapsed >= budget:
+                    break
+        calls[name].append(n)
+        return elapsed / n
 
-    return _rounds(variants, repeats, warmup, one)
+    seconds = _rounds(variants, repeats, warm, one)
+    return {name: Spread(tuple(v), str(name), tuple(calls[name])) for name, v in seconds.items()}
 
 
-def interleave(variants: Mapping[str, Callable[[], float]], repeats: int = DEFAULT_REPEATS, warmup: int = 0) -> dict[str, Spread]:
-    """Call each variant in interleaved rounds (A B A B ...) and collect the figure each returns.
+def interleave(variants: Mapping[K, Callable[[], float]], repeats: int = DEFAULT_REPEATS, warmup: int = 0) -> dict[K, Spread]:
+    """Call each variant in interleaved rounds (A B, B A, ...) and collect the figure each returns.
 
     For runs that measure themselves (a pipeline's throughput, a pool's makespan): ``warmup`` calls
     of every variant are discarded first. Returns a Spread of the returned figures per variant.
     """
-    return _rounds(variants, repeats, warmup, lambda fn: float(fn()))
+
+    def warm(name: K, fn: Callable[[], float]) -> None:
+        for _ in range(warmup):
+            fn()
+
+    figures = _rounds(variants, repeats, warm, lambda name, fn: float(fn()))
+    return {name: Spread(tuple(v), str(name)) for name, v in figures.items()}

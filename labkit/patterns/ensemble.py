@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from labkit.errors import BadInput, WorkerFailed
-from labkit.measure.timing import Span, Timeline, now
+from labkit.measure import timing
+from labkit.measure.timing import Span, Spread, Timeline, now
 from labkit.runtime.environ import patch_environment
 from labkit.runtime.process import die_with_parent
 
@@ -456,14 +457,13 @@ def runner_variants(members: Sequence[nn.Module], pool: MemberPool, x: np.ndarra
     return runs
 
 
-def time_runners(variants: dict[Any, Any], rounds: int = 3, min_s: float = 0.3) -> dict[Any, Any]:
+def time_runners(variants: dict[Any, Any], rounds: int = 3, min_s: float = 0.3) -> dict[Any, Spread]:
     """Warm up and time ``variants`` (name → callable returning logits) in interleaved rounds; check they agree.
 
-    Returns ``labkit.patterns.repeats.Sample`` per name (median and min–max of seconds per call).
-    Shown in 02 §4.
+    Every variant is warmed up, then they take turns (A B, B A, …) with the same calls in every
+    round (``timing.compare(..., fixed_calls=True)``), so ``rounds`` together last at least ``min_s``.
+    Returns a ``timing.Spread`` per name (median and min–max of seconds per call). Shown in 02 §4.
     """
-    from labkit.patterns import repeats
-
     outputs: dict[Any, np.ndarray] = {}
 
     def keep(name: Any, fn: Any) -> Any:
@@ -472,7 +472,7 @@ def time_runners(variants: dict[Any, Any], rounds: int = 3, min_s: float = 0.3) 
 
         return run
 
-    samples = repeats.interleave({name: keep(name, fn) for name, fn in variants.items()}, rounds=rounds, min_s=min_s)
+    samples = timing.compare({name: keep(name, fn) for name, fn in variants.items()}, repeats=rounds, min_s=min_s, fixed_calls=True)
     by_shape: dict[tuple[int, ...], np.ndarray] = {}
     for name, out in outputs.items():
         ref = by_shape.setdefault(out.shape, out)
@@ -500,7 +500,7 @@ def compare_runners(
     if stat not in ("median", "min"):
         raise BadInput(f"stat must be median or min, got {stat!r}")
     samples = time_runners(runner_variants(members, pool, x, member_ids, intra_op), rounds=repeats, min_s=min_s)
-    return {k: (s.median_s if stat == "median" else s.low_s) for k, s in samples.items()}
+    return {k: (s.median if stat == "median" else s.low) for k, s in samples.items()}
 
 
 def _with_threads(n: int, fn: Any, *args: Any) -> Any:
