@@ -171,3 +171,16 @@ def test_everything_shown_exists_and_says_where_it_is_shown(nb: nbformat.Noteboo
             obj = getattr(obj, part)
         doc = inspect.getdoc(getattr(obj, "run", obj)) if not inspect.getdoc(obj) else inspect.getdoc(obj)
         assert f"Shown in {path.name[:2]}" in (doc or ""), f"{path.name}: the docstring of {what} must say 'Shown in {path.name[:2]}'"
+
+
+def test_no_cell_echoes_a_bare_value_after_a_check(nb: nbformat.NotebookNode) -> None:
+    """A check prints its verdict as a sentence and returns True/False for the tests: a cell that ends
+    with the bare call also shows ``True`` below that sentence, so the call ends with ``;``."""
+    echoing = []
+    for i, src in enumerate(_code(nb)):
+        body = ast.parse(_python(src)).body
+        last = body[-1] if body else None
+        is_check = isinstance(last, ast.Expr) and isinstance(last.value, ast.Call) and re.fullmatch(r"ex\d\d\.check_\w+", ast.unparse(last.value.func))
+        if is_check and not src.rstrip().endswith(";"):
+            echoing.append(f"code cell {i}: {ast.unparse(last)}")
+    assert not echoing, f"{nb.metadata['path'].name}: end these check calls with ';' (they would echo True): {echoing}"

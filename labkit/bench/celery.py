@@ -29,10 +29,9 @@ def _images(n: int, offset: int = 0) -> tuple[list[list[float]], Any]:
 
 def round_trip(n: int = 200, warmup: int = 10, progress: bool = True) -> list[float]:
     """Latencies (s) of ``n`` sequential ``model_2.delay(one image).get()`` round trips."""
-    from tqdm.auto import tqdm
-
     from labkit.apps import celery_tasks as ct
     from labkit.measure.timing import now
+    from labkit.runtime.progress import tqdm
 
     x, _ = _images(1)
     for _ in range(warmup):
@@ -188,8 +187,7 @@ def measure_broker(broker: str, broker_url: str, backend_url: str, workers: list
 
 def run(fast: bool) -> bench.Result:
     """Start Redis and RabbitMQ, two workers on each in turn, and measure both."""
-    from tqdm.auto import tqdm
-
+    from labkit.runtime.progress import tqdm
     from labkit.services import celery as celery_svc
     from labkit.services import rabbitmq, redis
 

@@ -24,7 +24,7 @@ GPU_MAX_DIFF_TARGET = 1e-4  # the GPU replica computes in IEEE float32 (hardware
 
 def run(fast: bool = False, n_replicas: int = 2) -> bench.Result:
     """Measure data-parallel efficiency at ``n_replicas`` and check the results equal one replica's."""
-    from tqdm.auto import tqdm
+    from labkit.runtime.progress import tqdm
 
     n_items = 100_000 if fast else 300_000
     repeats = 2 if fast else 4

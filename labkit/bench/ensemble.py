@@ -10,10 +10,10 @@ members) is reported separately, as it is paid once. Used in 02.
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from labkit import bench, data
 from labkit.patterns import ensemble
+from labkit.runtime.progress import tqdm
 
 __all__ = ["N_MEMBERS", "SPEEDUP_TARGET", "run"]
 

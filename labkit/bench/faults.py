@@ -443,8 +443,7 @@ def measure(fast: bool | None = None, options: Sequence[str] = OPTIONS, plan: Pl
     """Run the kill loop on each option in turn; one ``OptionFaults`` per option. Used by ``run`` and 14."""
     import tempfile
 
-    from tqdm.auto import tqdm
-
+    from labkit.runtime.progress import tqdm
     from labkit.services import rabbitmq
 
     plan = plan or Plan.pick(config.fast() if fast is None else fast)

@@ -229,10 +229,9 @@ def run(fast: bool) -> bench.Result:
     """Redis + 2 workers + the gateway: both ceilings, the gateway and its loop lag; then the blocking route."""
     import os
 
-    from tqdm.auto import tqdm
-
     from labkit.apps import celery_tasks as ct
     from labkit.runtime import process
+    from labkit.runtime.progress import tqdm
     from labkit.services import celery as celery_svc
     from labkit.services import gateway, redis
 

@@ -48,9 +48,8 @@ def _figures(prefix: str, run: emulator.Emulation) -> list[bench.Target]:
 
 def run(fast: bool = True) -> bench.Result:
     """Calibrate one replica, apply a step load under each HPA, measure where and how fast they settle."""
-    from tqdm.auto import tqdm
-
     from labkit.measure.timing import percentiles
+    from labkit.runtime.progress import tqdm
 
     time_scale = 20.0 if fast else 10.0
     step_s = 20.0 if fast else 45.0

@@ -39,13 +39,13 @@ def setup(fast: bool) -> dict[str, Any]:
 def run(fast: bool = False) -> bench.Result:
     """Sweep offered load through both schedulers, measure KV waste, and decode on 2 tensor-parallel ranks."""
     import torch
-    from tqdm.auto import tqdm
 
     from labkit.llm import decode, kv_cache, sharded, sweep, trace
     from labkit.llm.engine import Engine
     from labkit.measure import probe
     from labkit.models import tinygpt
     from labkit.runtime import hardware
+    from labkit.runtime.progress import tqdm
 
     s = setup(fast)
     steps = tqdm(total=4, desc="bench llm", leave=False)

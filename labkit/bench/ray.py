@@ -164,8 +164,7 @@ def model_batching_gain(width: int = WIDE_WIDTH, batch_size: int = CONCURRENCY, 
 
 def run(fast: bool) -> bench.Result:
     """Start Ray and Serve locally, measure overheads and batching, stop everything."""
-    from tqdm.auto import tqdm
-
+    from labkit.runtime.progress import tqdm
     from labkit.services import ray as ray_service
 
     bar = tqdm(total=3, desc="bench ray")

@@ -34,10 +34,10 @@ def setup(fast: bool) -> dict[str, object]:
 def run(fast: bool = False) -> bench.Result:
     """Run tensor and pipeline parallelism on 2 ranks and compare with the unsharded model."""
     import torch
-    from tqdm.auto import tqdm
 
     from labkit.models import tinygpt
     from labkit.patterns import sharding
+    from labkit.runtime.progress import tqdm
 
     s = setup(fast)
     steps = tqdm(total=4, desc="bench sharding", leave=False)

@@ -82,10 +82,12 @@ def _batch_sizes(url: str) -> dict[int, int]:
 def _predict_requests(model_name: str, n: int) -> list[Any]:
     """``n`` PredictRequests of one test digit each, built as a client does (``tf.make_tensor_proto``)."""
     import numpy as np
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2
 
     from labkit.data import load_digits
+    from labkit.models import savedmodels
+
+    tf = savedmodels.silence_tensorflow()  # before tensorflow_serving, which imports tensorflow
+    from tensorflow_serving.apis import predict_pb2
 
     x = load_digits().x_test.reshape(-1, 64)
     out = []

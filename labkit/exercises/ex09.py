@@ -70,4 +70,5 @@ def check_requests_per_model(answer: Any, metrics_text: str) -> bool:
         answer,
         problem,
         'keep lines starting with "ts_inference_requests_total{", take the model_name="…" label and the number after the last space',
+        success="; ".join(f"{name}: {total:.0f} requests" for name, total in sorted(want.items())) + ".",
     )

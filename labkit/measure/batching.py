@@ -169,9 +169,8 @@ def sweep(
 
     Settings run one after the other, so each row is measured on the same machine in the same run.
     """
-    from tqdm.auto import tqdm
-
     from labkit.measure import load
+    from labkit.runtime.progress import tqdm
 
     if not settings or not concurrencies:
         raise BadInput("a sweep needs at least one setting and one concurrency")

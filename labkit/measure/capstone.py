@@ -346,7 +346,7 @@ def run_option(
     stopped and the error raised. ``recovery_s`` None skips the kill. ``warmup`` requests at
     concurrency ``WARMUP_CONCURRENCY`` run untimed first, per workload, so every worker is up.
     """
-    from tqdm.auto import tqdm
+    from labkit.runtime.progress import tqdm
 
     res = OptionResult(name, family, kind=kind, what=what, loc=loc)
     me = os.getpid()

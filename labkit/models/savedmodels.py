@@ -8,28 +8,87 @@ and deterministic; the SavedModels are cached under a hash of the config. Used i
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from labkit import config
 from labkit.models import wide
 from labkit.runtime import cache
 
-__all__ = ["CODE_VERSION", "KerasConfig", "export_savedmodel", "export_versions", "export_wide", "silence_tensorflow", "write_savedmodel"]
+__all__ = ["CODE_VERSION", "KerasConfig", "export_savedmodel", "export_versions", "export_wide", "silence_tensorflow", "startup_noise_removed", "write_savedmodel"]
 
 CODE_VERSION = "tfmodels-1"
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probabilities"
 
 
-def silence_tensorflow() -> None:
-    """Quiet TensorFlow's C++ start-up logging (must run before tensorflow is imported) and its
-    Python INFO lines ("Assets written to ...")."""
+# What TensorFlow's C++ side prints at import that says nothing is wrong. TF 2.20+ logs these through
+# absl before it reads TF_CPP_MIN_LOG_LEVEL, so the variable cannot hide them: absl's banner, INFO
+# lines ("I0000 …", "2025-… I …": the oneDNN note, the CPU-feature note) and the note's second line.
+_STARTUP_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|I\d{4} [\d:.]+ +\d+ \S+:\d+\] .*"
+    r"|\d{4}-\d\d-\d\d [\d:.]+: I \S+:\d+\] .*"
+    r"|To enable the following instructions: .*in other operations, rebuild TensorFlow with the appropriate compiler flags\.)$"
+)
+
+
+def startup_noise_removed(text: str) -> str:
+    """``text`` (what TensorFlow wrote to stderr while importing) without its INFO start-up lines.
+
+    Warnings, errors and anything else are kept, in order.
+
+    >>> startup_noise_removed("I0000 00:00:1.5   42 port.cc:153] oneDNN custom operations are on.\\nE0000 00:00:1.6   42 x.cc:1] real\\n")
+    'E0000 00:00:1.6   42 x.cc:1] real\\n'
+    """
+    return "".join(line for line in text.splitlines(keepends=True) if not _STARTUP_NOISE.match(line.rstrip("\n")))
+
+
+def silence_tensorflow() -> Any:
+    """Import TensorFlow quietly and return it; call it before anything imports tensorflow (or keras).
+
+    Sets ``TF_CPP_MIN_LOG_LEVEL=2`` (C++ INFO and WARNING lines off, errors kept) unless it is set,
+    and drops the INFO lines TensorFlow's C++ side prints while it is imported (the oneDNN note),
+    which that variable does not reach. Anything else written to stderr meanwhile (warnings,
+    errors) is written again afterwards. Then keeps TensorFlow's Python logger at WARNING, which it
+    sets to INFO in a notebook ("Assets written to …"). Used in 10 and by the trainers here.
+    """
     import logging
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    with _startup_noise_filtered():
+        import tensorflow as tf
+    tf.get_logger().setLevel(logging.WARNING)
+    return tf
+
+
+@contextmanager
+def _startup_noise_filtered() -> Iterator[None]:
+    """Send file descriptor 2 to a file inside the block, then write it back without the start-up notes.
+
+    The C++ side writes to the descriptor, not to ``sys.stderr``; a notebook kernel forwards that
+    descriptor into the cell's output, so this is where the lines can be caught.
+    """
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            sys.stderr.write(startup_noise_removed(captured.read().decode(errors="replace")))
+            sys.stderr.flush()
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ def fit(
     ``batch_loss(indices)`` returns the loss of one minibatch (a tensor of example indices), so the
     caller decides what an example is and how it is weighted. Returns the model in eval mode.
     """
-    from tqdm.auto import tqdm
+    from labkit.runtime.progress import tqdm
 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)

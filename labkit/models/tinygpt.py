@@ -196,7 +196,7 @@ def build(cfg: GPTConfig = GPTConfig()) -> TinyGPT:
 
 def train(cfg: GPTConfig = GPTConfig(), progress: bool = True) -> TinyGPT:
     """Train on random windows of the corpus (next-character prediction), deterministically."""
-    from tqdm.auto import tqdm
+    from labkit.runtime.progress import tqdm
 
     data = torch.tensor(vocab().encode(corpus()))
     gen = torch.Generator().manual_seed(cfg.seed)

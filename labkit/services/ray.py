@@ -319,8 +319,14 @@ def start(num_cpus: int = DEFAULT_NUM_CPUS, num_gpus: int | None = None, address
     os.environ.setdefault("RAY_agent_register_timeout_ms", str(int(START_WAIT_S * 1000)))
     os.environ.setdefault("RAY_raylet_start_wait_time_s", str(int(START_WAIT_S)))
     # Serve replicas and proxies report load for autoscaling every 10 s by default; a demo needs ~0.5 s.
+    # These variables replace the deprecated autoscaling_config["metrics_interval_s"]; Ray 2.60 defines
+    # them but still pushes every metrics_interval_s (10 s), so they take effect only in later versions.
     for var in ("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):
         os.environ.setdefault(var, str(SERVE_METRICS_PUSH_S))
+    # The driver prints "(raylet) Task … failed. There are N retries remaining, so the task will be
+    # retried" before each retry, also for Serve's own shutdown call. A task out of retries still
+    # raises, and a worker's death is still reported; only the notice of a coming retry is off.
+    os.environ.setdefault("RAY_enable_output_error_log_if_still_retry", "0")
     kwargs: dict[str, Any] = {"log_to_driver": False, "ignore_reinit_error": True, "logging_level": logging.WARNING}
     if address:
         kwargs.update(init_kwargs)

@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     """Load the models, start gRPC and REST, serve until SIGTERM/SIGINT."""
     from labkit.models import savedmodels
 
-    savedmodels.silence_tensorflow()
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    savedmodels.silence_tensorflow()  # imports TensorFlow: after --help has had its answer
     registries = registries_from_args(args)
     for reg in registries.values():
         reg.refresh()
