@@ -276,3 +276,91 @@ def test_the_notebook_runs_every_option_of_the_list() -> None:
         if o.name != options.TF_STAND_IN:
             assert f'measure("{o.name}"' in code, o.name
     assert "measure(options.TF_STAND_IN" in code
+
+
+# ---------------------------------------------------------------- on an external cluster (tests/test_cluster.py runs the real one)
+
+
+@pytest.fixture
+def fake_server():  # type: ignore[no-untyped-def]
+    """A tiny HTTP server on 127.0.0.1: POST answers class 3 from workers w1@a / w2@b in turn; anything else 404."""
+    import itertools
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    turn = itertools.cycle(["w1@a", "w2@b"])
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+        def _send(self, status: int, body: dict) -> None:  # type: ignore[type-arg]
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.path == "/predict":
+                self._send(200, {"predictions": [3], "worker": next(turn)})
+            else:
+                self._send(404, {"code": 404, "type": "ModelNotFoundException", "message": f"Model not found in model store: {self.path}"})
+
+        def do_GET(self) -> None:
+            self._send(404, {"error": "Could not find any versions of model digits"})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_external_row_says_so_counts_its_workers_and_kills_none(fake_server, digits_and_model) -> None:  # type: ignore[no-untyped-def]
+    x, y, cnn, expected = digits_and_model
+    killed = []
+    deploy = lambda: options.on_cluster(capstone.Deployed(url=fake_server + "/predict", codec="model-server", check=False, stop=lambda: None, kill=lambda: killed.append(1) or "w1"),
+                                        "a test cluster", "w1@a, w2@b")
+    r = capstone.run_option("Celery + Redis", "Celery", deploy, x, expected, (C,), 0.3, 2, recovery_s=0.5, n_check=4, warmup=0)
+    assert r.name == "Celery + Redis" + capstone.EXTERNAL and r.external == "a test cluster" and not killed
+    assert r.recovery["note"] == "not measured: external workers (w1@a, w2@b) belong to the cluster; killing one is not this notebook's business"
+    assert recovery.format_recovery(r.recovery).startswith("not measured: external workers")
+    p = r.at("cnn", C)
+    assert p["server_cpu_s_per_1k"] is None and r.rss_mb is None and p["client_cpu_s_per_1k"] is not None
+    assert set(r.served_by) == {"w1@a", "w2@b"} and sum(r.served_by.values()) == p["n"]  # every measured answer, by the worker it names
+    df = report.table([*_fake_results(), r], "cnn", C)
+    assert df.loc[r.name, "runs on"] == "external: a test cluster" and df.loc["Ray Serve", "runs on"] == "started by this notebook"
+    assert pd_isna(df.loc[r.name, f"server CPU s / 1k req @ {C} clients"])
+    text = " ".join(report.advice([*_fake_results(), r], C))
+    assert "Measured on an external deployment" in text and r.name in text
+    only_external = report.advice([r], C)[0]
+    assert "requests per server CPU-second: not measured (external rows only)" in only_external
+    assert "external" not in report.table(_fake_results(), "cnn", C).columns.str.cat()  # no such column when nothing is external
+
+
+def pd_isna(v) -> bool:  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    return bool(pd.isna(v))
+
+
+def test_external_servers_that_lack_the_capstones_models_say_why(fake_server, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from labkit.services import tfserving, torchserve
+
+    monkeypatch.setenv("TFSERVING_URL", fake_server)
+    with pytest.raises(ServiceUnavailable, match="serves no model 'digits'"):
+        tfserving.start()
+    ts = torchserve.TorchServe(fake_server, fake_server, fake_server, "127.0.0.1:1", "127.0.0.1:2")  # external: labkit did not start it
+    with pytest.raises(ServiceUnavailable, match="cannot load capstone_digits-1.0.mar") as err:
+        ts.register("capstone_digits-1.0.mar")
+    assert "model store must be labkit's" in (err.value.how_to_get or "")
+
+
+def test_on_cluster_keeps_the_kill_of_workers_started_here() -> None:
+    d = options.on_cluster(capstone.Deployed(url="http://127.0.0.1:1/p", codec="gateway", stop=lambda: None, kill=lambda: "w1"), "Redis at 127.0.0.1:1", None)
+    assert d.external == "Redis at 127.0.0.1:1" and d.kill is not None
+    assert options._host("amqp://guest:guest@127.0.0.1:5672//") == "127.0.0.1:5672"

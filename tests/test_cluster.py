@@ -5,15 +5,22 @@ and ``ray start --address``, token auth), Redis and RabbitMQ with 2 Celery worke
 own host folders, TorchServe and TF Serving. Each test runs a notebook in fast mode with only the
 cluster's environment variables set, then checks the work ran on more than one node / worker /
 rank and that the cluster is still healthy. The fixture's teardown stops the cluster and fails
-if any of its processes is left. The capstone (14) with everything external is left out: it
-would take the module past its time budget.
+if any of its processes is left. The capstone (14) runs its rows that have an external form
+(Celery on both brokers, the front's Ray tasks, Ray Serve, TorchServe, TF Serving) against the
+cluster, next to the in-process baseline; its other rows are left out (``LABKIT_CAPSTONE_FAMILIES``)
+to keep the module within its time budget.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import subprocess
+import sys
+import time
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,7 +79,8 @@ def run_notebook(name: str, env: dict[str, str]) -> str:
     out = []
     for cell in nb.cells:
         for o in cell.get("outputs", []):
-            out.append(o.get("text", "") or "".join(str(v) for k, v in o.get("data", {}).items() if k == "text/plain"))
+            data = o.get("data", {})  # a displayed table or Markdown: its HTML / Markdown, not only its repr
+            out.append(o.get("text", "") or "".join(str(data[k]) for k in ("text/plain", "text/markdown", "text/html") if k in data))
     return "\n".join(out)
 
 
@@ -128,6 +136,73 @@ def test_torchrun_on_two_nodes(lab_cluster: harness.Cluster) -> None:
     assert len({r["weights"] for r in result.ranks.values()}) == 1
     assert result.ranks[0]["max_abs_diff"] <= 1e-5 and result.ranks[0]["rank_sum"] == 1.0
     assert_healthy(lab_cluster)
+
+
+# the capstone families with an external form, and the in-process baseline (options.options() names them)
+CLUSTER_14_FAMILIES = "In-process,Celery,Ray,TorchServe,TF Serving"
+EXTERNAL_14_ROWS = ("HTTP front + Ray tasks", "Celery + Redis", "Celery + RabbitMQ", "Ray Serve", "TorchServe", "TF Serving stand-in (labkit, follows 2.20.0)")
+# A driver of its own asks the cluster what the capstone left: Serve apps, and CPUs still held (waits up to 60 s for them to free).
+RAY_LEFT = """
+import json, time, ray
+ray.init(logging_level="ERROR", log_to_driver=False)
+from ray import serve
+try:
+    apps = sorted(serve.status().applications)
+except Exception:  # Serve not running: no apps
+    apps = []
+deadline = time.monotonic() + 60
+while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0) and time.monotonic() < deadline:
+    time.sleep(1)
+print(json.dumps({"apps": apps, "cpu_free": ray.available_resources().get("CPU", 0), "cpu_total": ray.cluster_resources().get("CPU", 0)}))
+"""
+
+
+def test_14_capstone_on_the_cluster(lab_cluster: harness.Cluster) -> None:
+    """The capstone's rows with an external form measured on the cluster, labelled so, spread over its nodes and workers."""
+    import httpx
+
+    from labkit.measure import capstone, options, report
+
+    assert {o.family for o in options.options() if o.name in EXTERNAL_14_ROWS} | {"In-process"} == set(CLUSTER_14_FAMILIES.split(","))
+    started = time.time()
+    text = run_notebook("14", {**lab_cluster.env, options.ONLY_FAMILIES_ENV: CLUSTER_14_FAMILIES, "LABKIT_STRICT": "0"})
+    lines: dict[str, list[str]] = defaultdict(list)  # what measure() printed, by row name
+    for line in text.splitlines():
+        name, sep, rest = line.partition(": ")
+        if sep:
+            lines[name].append(rest)
+    for name in ("In-process, no HTTP (floor)", "HTTP front + in-process model"):  # the baseline, started here
+        assert any(li.startswith("start-up") for li in lines.get(name, [])), text[-3000:]
+    served: dict[str, list[str]] = {}
+    for base in EXTERNAL_14_ROWS:
+        name = base + capstone.EXTERNAL
+        measured = next((li for li in lines.get(name, []) if li.startswith("start-up")), None)
+        assert measured, f"{name} was not measured: {lines.get(name) or lines.get(base)}"
+        assert all(float(tp) > 0 for tp in re.findall(r"@\d+: (\d+)/s", measured)) and re.search(r"@16: \d+/s", measured), measured
+        assert "RSS not measured (external)" in measured and "recovery: not measured: external workers (" in measured, measured
+        assert any(li.startswith("runs on ") for li in lines[name]), lines[name]
+        answered = next((li for li in lines[name] if li.startswith("answered by ")), "")
+        served[base] = re.findall(r"([^,:]+?) ×\d+", answered.split(": ", 1)[-1])
+    assert len({w for w in served["Celery + Redis"] if re.fullmatch(r"w\d@host\d", w.strip())}) >= 2, served
+    assert len({w for w in served["Celery + RabbitMQ"] if re.fullmatch(r"mq\d@host\d", w.strip())}) >= 2, served
+    assert len({n for n in served["HTTP front + Ray tasks"] if n.strip().startswith("ray node ")}) >= 2, served
+    assert served["Ray Serve"], served  # replicas name their node (spread over nodes where Ray places them)
+    print("\n".join(f"{n}: {li}" for n in (b + capstone.EXTERNAL for b in EXTERNAL_14_ROWS) for li in lines[n]))  # shown with -rP
+    assert "runs on" in text and "Measured on an external deployment" in text  # the table's column and the advice say so
+    assert (report.results_dir() / "capstone.json").stat().st_mtime >= started  # written by this run
+    saved = json.loads((report.results_dir() / "capstone.json").read_text())["options"]
+    external = {o["name"]: o for o in saved if o["external"]}
+    assert set(external) == {b + capstone.EXTERNAL for b in EXTERNAL_14_ROWS}, sorted(external)
+    assert all(o["points"]["cnn"]["16"]["server_cpu_s_per_1k"] is None and o["rss_mb"] is None for o in external.values()), external
+    # the cluster as the capstone found it: healthy, no Serve app or TorchServe model of its own left, every CPU free again
+    assert_healthy(lab_cluster)
+    left = subprocess.run([sys.executable, "-c", RAY_LEFT], env={**os.environ, **pick(lab_cluster.env, "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")},
+                          capture_output=True, text=True, timeout=180)
+    assert left.returncode == 0, left.stderr[-2000:]
+    ray_left = json.loads(left.stdout.strip().splitlines()[-1])
+    assert not {"digits", "wide"} & set(ray_left["apps"]) and ray_left["cpu_free"] == ray_left["cpu_total"] > 0, ray_left
+    models = httpx.get(lab_cluster.env["TORCHSERVE_MANAGEMENT_URL"] + "/models", timeout=30).json()["models"]
+    assert not [m for m in models if m["modelName"].startswith("capstone_")], models
 
 
 # ---------------------------------------------------------------- without the cluster (seconds)

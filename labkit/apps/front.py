@@ -10,7 +10,8 @@ which does nothing but decode the JSON, call the option and encode the answer::
 ``--backend``: ``null`` (no model at all: the same JSON in and out, the *null-server ceiling*),
 ``in-process`` (the model runs in the front's threads), ``pool`` (the recovering
 ``ResilientPool`` of notebook 05), ``ray-tasks`` (one ``@ray.remote`` task per request, on a Ray
-started by the front). Started by ``labkit.services.front``. Used in 14 and ``labkit bench capstone``.
+started by the front, or the cluster at ``RAY_ADDRESS``; its answers also say which Ray node
+computed them: ``"worker": "ray node head"``). Started by ``labkit.services.front``. Used in 14 and ``labkit bench capstone``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 from starlette.requests import Request  # at module level: FastAPI resolves the route's annotations here
 
-__all__ = ["BACKENDS", "WORKLOADS", "classify", "create_app", "main"]
+__all__ = ["BACKENDS", "WORKLOADS", "classify", "classify_on_node", "create_app", "main"]
 
 BACKENDS = ("null", "in-process", "pool", "ray-tasks")
 WORKLOADS = ("cnn", "wide")
@@ -58,6 +59,13 @@ def classify(workload: str, x: np.ndarray) -> list[int]:
     return [int(k) for k in digit_nets.predict(model, x)]
 
 
+def classify_on_node(workload: str, x: np.ndarray) -> tuple[list[int], str]:
+    """``classify`` inside a Ray task, and the Ray node it ran on (``services.ray.node_name``)."""
+    from labkit.services import ray as ray_service
+
+    return classify(workload, x), ray_service.node_name()
+
+
 def create_app(backend: str = "null", n_workers: int = 2) -> Any:
     """The FastAPI app for one backend (see the module docstring)."""
     from fastapi import FastAPI, HTTPException
@@ -86,7 +94,7 @@ def create_app(backend: str = "null", n_workers: int = 2) -> Any:
             state["ray"] = ray_service.start(num_cpus=n_workers)  # retries a start that times out on a busy machine
             from labkit.apps import front  # by module name, not __main__: Ray then pickles the function by reference
 
-            state["task"] = ray.remote(num_cpus=1, max_retries=3)(front.classify)
+            state["task"] = ray.remote(num_cpus=1, max_retries=3)(front.classify_on_node)
         elif backend == "in-process":
             await run_in_threadpool(classify, "cnn", np.zeros((1, 1, 8, 8), np.float32))
         yield
@@ -116,7 +124,8 @@ def create_app(backend: str = "null", n_workers: int = 2) -> Any:
         elif backend == "pool":
             preds = await run_in_threadpool(state["pool"].call, classify, workload, x)
         else:
-            preds = await state["task"].remote(workload, x)
+            preds, node = await state["task"].remote(workload, x)
+            return {"predictions": preds, "worker": node}
         return {"predictions": preds}
 
     return api

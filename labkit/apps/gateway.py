@@ -229,6 +229,8 @@ def create_app() -> Any:
 
     def answer(req: PredictRequest, value: dict[str, Any], t0: float, key: str | None = None) -> dict[str, Any]:
         out = {"model": req.model, "pred": value["pred"], "latency_ms": round((time.perf_counter() - t0) * 1e3, 3)}
+        if value.get("worker"):  # the Celery worker (nodename) that ran the task
+            out["worker"] = value["worker"]
         return out | {"task_id": key} if key else out
 
     def poll_backend(key: str, wait_s: float) -> dict[str, Any] | None:  # in the pool: rpc/other backends

@@ -14,6 +14,12 @@ same thing to every option::
     kill one worker under load → recovery time and requests lost
     stop
 
+An option deployed on an external cluster (``RAY_ADDRESS``, ``REDIS_URL`` with the cluster's
+Celery workers, ``TORCHSERVE_URL``, ``TFSERVING_URL``) says so: its ``Deployed.external`` names
+what it used, its row's name ends in " (external)", its server CPU and RSS are not measured (the
+cluster's processes are not below this kernel) and no worker is killed. Answers that say which
+worker computed them (``"worker"``) are counted per worker: ``OptionResult.served_by``.
+
 ``measure.report`` turns the results into what notebook 14 shows (tables, plots, files, advice);
 ``measure.recovery`` reads what a kill did to the clients. Used in 14 and ``labkit bench capstone``.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 import os
 import statistics
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -40,6 +47,7 @@ from labkit.runtime import process
 __all__ = [
     "CLIENT",
     "CODECS",
+    "EXTERNAL",
     "FIXED_CONCURRENCY",
     "KINDS",
     "WORKLOADS",
@@ -69,6 +77,7 @@ WARMUP_CONCURRENCY = 4
 # another worker after the visibility timeout (10 s) and a restore poll: measured 10.0-11.0 s. A task
 # still unanswered at 15 s is counted lost (seen in some CI runs; raising this to 30 s did not save it).
 GATEWAY_TIMEOUT_S = 15.0
+EXTERNAL = " (external)"  # appended to the name of a row measured on an external deployment
 
 
 # ---------------------------------------------------------------- how to talk to each server
@@ -121,6 +130,7 @@ class Deployed:
     ``exact``: CNN answers must equal the PyTorch CNN's (False for the Keras twin behind TF Serving);
     ``wide_check``: "accuracy" (the wide model's classes are checked against the labels) or "none"
     (an untrained timing twin); ``check=False``: answers are not checked at all (the null server).
+    ``external``: what external deployment serves it ("" when everything was started here).
     """
 
     stop: Callable[[], Any]
@@ -139,6 +149,7 @@ class Deployed:
     in_process: bool = False
     wide_note: str = "not measured: this option serves the digit CNN only here"
     cnn_note: str = "not measured: this option serves the wide model only here"
+    external: str = ""
 
     def __post_init__(self) -> None:
         if (self.call is None) == (self.url is None and self.wide_url is None):
@@ -173,8 +184,14 @@ class Deployed:
 # ---------------------------------------------------------------- load, memory, CPU
 
 
-def load_target(deployed: Deployed, x: np.ndarray, concurrency: int, n_requests: int | None = None, duration_s: float | None = None, workload: str = "cnn", client: str = CLIENT) -> LoadResult:
-    """Closed-loop load on one option, one digit per request (request i sends ``x[i % len(x)]``)."""
+def load_target(
+    deployed: Deployed, x: np.ndarray, concurrency: int, n_requests: int | None = None, duration_s: float | None = None,
+    workload: str = "cnn", client: str = CLIENT, served_by: Counter[str] | None = None,
+) -> LoadResult:
+    """Closed-loop load on one option, one digit per request (request i sends ``x[i % len(x)]``).
+
+    ``served_by``: counts the answers per ``"worker"`` they name (answers that name none are not counted).
+    """
     url, codec_name, call = deployed.target(workload)
     if call is not None:
         fn = call
@@ -186,9 +203,12 @@ def load_target(deployed: Deployed, x: np.ndarray, concurrency: int, n_requests:
 
     def check(resp: Any) -> str | None:
         try:
-            label = codec.label(resp.json())
+            answer = resp.json()
+            label = codec.label(answer)
         except Exception as exc:
             return f"unreadable answer: {type(exc).__name__}: {exc}"[:200]
+        if served_by is not None and isinstance(answer, dict) and answer.get("worker"):
+            served_by[str(answer["worker"])] += 1
         return None if 0 <= label <= 9 else f"class {label} is not a digit"
 
     return load.closed_loop(url, lambda i: bodies[i % len(bodies)], concurrency=concurrency, n_requests=n_requests, duration_s=duration_s, check=check, client=client)
@@ -243,8 +263,8 @@ def _spread(values: Sequence[float]) -> dict[str, float]:
     return {"median": round(statistics.median(values), 2), "min": round(min(values), 2), "max": round(max(values), 2)}
 
 
-def summarize_repeats(runs: Sequence[LoadResult], client_cpu_s: float | None, server_cpu_s: float) -> dict[str, Any]:
-    """One point: the median and spread over repeats of throughput and p50/p99; CPU per 1,000 requests."""
+def summarize_repeats(runs: Sequence[LoadResult], client_cpu_s: float | None, server_cpu_s: float | None) -> dict[str, Any]:
+    """One point: the median and spread over repeats of throughput and p50/p99; CPU per 1,000 requests (None: not measured)."""
     tps = [r.throughput_per_s for r in runs]
     stats = [r.stats().ms() for r in runs]
     n = sum(r.n for r in runs)
@@ -254,7 +274,7 @@ def summarize_repeats(runs: Sequence[LoadResult], client_cpu_s: float | None, se
         "p50_ms": round(statistics.median(s["p50"] for s in stats), 2), "p99_ms": round(statistics.median(s["p99"] for s in stats), 2),
         "p99_spread": _spread([s["p99"] for s in stats]),
         "client_cpu_s_per_1k": round(client_cpu_s / n * 1000, 3) if client_cpu_s is not None else None,
-        "server_cpu_s_per_1k": round(server_cpu_s / n * 1000, 3),
+        "server_cpu_s_per_1k": round(server_cpu_s / n * 1000, 3) if server_cpu_s is not None else None,
     }  # fmt: skip
 
 
@@ -264,7 +284,8 @@ class OptionResult:
 
     ``points[workload][concurrency]``: the summary of ``summarize_repeats``; ``latencies_s``:
     every latency at the fixed concurrency, per workload; ``notes[workload]``: why a workload
-    was not measured.
+    was not measured; ``external``: the external deployment it ran on ("" when started here);
+    ``served_by``: measured answers per worker that computed them (when answers name one).
     """
 
     name: str
@@ -282,6 +303,8 @@ class OptionResult:
     recovery: dict[str, Any] = field(default_factory=dict)
     loc: int | None = None
     http: bool = True
+    external: str = ""
+    served_by: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -345,6 +368,8 @@ def run_option(
     stopped. A wrong answer or failed requests are a failure, not unavailability: the option is
     stopped and the error raised. ``recovery_s`` None skips the kill. ``warmup`` requests at
     concurrency ``WARMUP_CONCURRENCY`` run untimed first, per workload, so every worker is up.
+    A deployment on an external cluster (``Deployed.external``) gets `` (external)`` after its
+    name, and no server CPU or RSS (its processes are the cluster's, not below this kernel).
     """
     from labkit.runtime.progress import tqdm
 
@@ -364,6 +389,9 @@ def run_option(
         _stop_started_since(running_before)
         raise
     res.http = deployed.call is None
+    if deployed.external:
+        res.name, res.external = name + EXTERNAL, deployed.external
+    served_by: Counter[str] = Counter()
     try:
         first = deployed.workloads()[0]
         deployed.predict(x[0], first)
@@ -372,7 +400,7 @@ def run_option(
         for w in workloads:
             if w not in served:
                 res.notes[w] = deployed.wide_note if w == "wide" else deployed.cnn_note
-        serving: Callable[[], list[int]] = lambda: [me] if deployed.in_process else [p for p in process.tree_pids(list(deployed.pids())) if p != me]
+        serving: Callable[[], list[int]] = lambda: [me] if deployed.in_process else [p for p in process.tree_pids([p for p in deployed.pids() if p]) if p != me]
         rss = []
         for w in served:
             res.correct[w] = _check_answers(deployed, w, x, expected_by, labels, n_check, name)
@@ -384,18 +412,19 @@ def run_option(
                 for _ in range(repeats):
                     pids = serving()
                     before, own = process.tree_cpu_s(pids), _own_cpu_s()
-                    r = load_target(deployed, x, c, n_requests=n_requests, duration_s=duration_s, workload=w)
+                    r = load_target(deployed, x, c, n_requests=n_requests, duration_s=duration_s, workload=w, served_by=served_by)
                     own_after, after = _own_cpu_s(), process.tree_cpu_s(pids)
                     if r.errors:
                         raise AssertionError(f"{name} ({w}) at concurrency {c}: {r.errors} of {r.n} requests failed; first: {r.first_error()}")
                     runs.append(r)
                     client_s += own_after - own
                     server_s += _cpu_delta(before, after)
-                res.points[w][c] = summarize_repeats(runs, None if deployed.in_process else client_s, server_s)
+                res.points[w][c] = summarize_repeats(runs, None if deployed.in_process else client_s, None if deployed.external else server_s)
                 if c == FIXED_CONCURRENCY or c == max(concurrencies):
                     res.latencies_s[w] = [lat for r in runs for lat in r.latencies_s()]
                 rss.append(process.tree_rss_mb(serving()))
-        res.rss_mb = round(max(rss), 1) if rss else None
+        res.rss_mb = round(max(rss), 1) if rss and not deployed.external else None
+        res.served_by = dict(sorted(served_by.items()))
         if recovery_s:
             res.recovery = measure_recovery(deployed, x, recovery_s, concurrency=min(FIXED_CONCURRENCY, max(concurrencies)), workload=first)
         else:

@@ -5,6 +5,14 @@ family (for the seed's opinion columns), its kind (``capstone.KINDS``), the ``la
 of the component it cannot run without, and a deploy function returning a ``capstone.Deployed``.
 Notebook 14 shows the deploy functions (``labkit.show``) and counts their lines; ``labkit bench
 capstone`` runs a subset. A new server is one more ``Option(...)`` line in ``options()``.
+
+On a cluster (``labkit cluster up``, or real machines: README "Run on a cluster") the options
+with an external form use it when its variable is set, through the same service calls: Celery
+on ``REDIS_URL`` / ``RABBITMQ_URL`` with the cluster's workers (``LABKIT_CELERY_WORKERS=external``;
+the gateway, a client of the broker, still starts here), the front's Ray tasks and Ray Serve on
+``RAY_ADDRESS`` (Serve's apps are deleted at stop), TorchServe on ``TORCHSERVE_URL`` (the
+capstone's models registered there and unregistered at stop) and TF Serving on
+``TFSERVING_URL``. Such a row says so (``external``) and kills no worker (``EXTERNAL_KILL_NOTE``).
 Shown in 14.
 """
 
@@ -22,6 +30,7 @@ from labkit.measure.capstone import Deployed
 
 __all__ = [
     "DEPLOY_DIR",
+    "EXTERNAL_KILL_NOTE",
     "KUBE_FILES",
     "N_WORKERS",
     "ONLY_FAMILIES_ENV",
@@ -43,6 +52,7 @@ __all__ = [
     "deploy_torchserve",
     "deploy_triton",
     "left_out",
+    "on_cluster",
     "options",
 ]
 
@@ -54,6 +64,8 @@ TF_STAND_IN = "TF Serving stand-in (labkit, follows 2.20.0)"
 # On a machine at load 20+ on 2 cores the raylet gave up waiting for its metrics agent ("Timed out
 # waiting for file .../metrics_agent_port"; Ray's check node_manager.cc:3576) and Ray never started.
 RAY_AGENT_TIMEOUT_MS = 120_000
+# The recovery column of a row whose workers belong to an external cluster (the cluster's to restart).
+EXTERNAL_KILL_NOTE = "not measured: external workers ({}) belong to the cluster; killing one is not this notebook's business"
 
 
 @dataclass(frozen=True)
@@ -113,10 +125,13 @@ def deploy_front_pool() -> Deployed:
 
 
 def deploy_front_ray_tasks() -> Deployed:
-    """The same front; one ``@ray.remote(max_retries=3)`` task per request on a Ray the front started."""
+    """The same front; one ``@ray.remote(max_retries=3)`` task per request on a Ray the front started (or ``RAY_ADDRESS``'s)."""
+    from labkit import config
     from labkit.runtime import process
 
     d = _front("ray-tasks")
+    if cluster := config.external_url("RAY_ADDRESS"):  # the front joined it
+        return on_cluster(d, f"the Ray cluster at {cluster} (RAY_ADDRESS); the front runs here", "the cluster's Ray workers")
     front_pid = next(iter(d.pids()))
     d.kill = lambda: process.kill_descendant([front_pid], "ray::classify", "ray::IDLE")
     return d
@@ -129,9 +144,9 @@ def deploy_celery(broker_kind: str = "redis") -> Deployed:
     from labkit.services import celery as celery_svc
     from labkit.services import gateway, rabbitmq, redis
 
-    backend = redis.start()
-    broker = rabbitmq.start() if broker_kind == "rabbitmq" else backend
-    workers = celery_svc.start_workers(N_WORKERS, broker_url=broker.url, backend_url=backend.url)
+    backend = redis.start()  # REDIS_URL, if set
+    broker = rabbitmq.start() if broker_kind == "rabbitmq" else backend  # RABBITMQ_URL, if set
+    workers = celery_svc.start_workers(N_WORKERS, broker_url=broker.url, backend_url=backend.url, prefix="mq" if broker_kind == "rabbitmq" else "w")
     gw = gateway.start(broker.url, backend.url)
     handles = [gw, *workers, *([broker] if broker is not backend else []), backend]
 
@@ -139,8 +154,12 @@ def deploy_celery(broker_kind: str = "redis") -> Deployed:
         workers[0].kill()
         return workers[0].nodename
 
-    return Deployed(url=gw.url + "/predict", codec="gateway", stop=lambda: _stop_all(handles),
-                    pids=lambda: [h.pid for h in handles if h.pid], kill=kill)
+    d = Deployed(url=gw.url + "/predict", codec="gateway", stop=lambda: _stop_all(handles),
+                 pids=lambda: [h.pid for h in handles if h.pid], kill=kill)
+    if workers[0].external or broker.external:
+        names = ", ".join(w.nodename for w in workers)
+        return on_cluster(d, f"{broker.name} at {_host(broker.url)}, workers {names}; the gateway runs here", names if workers[0].external else None)
+    return d
 
 
 def deploy_ray_serve() -> Deployed:
@@ -161,15 +180,17 @@ def deploy_ray_serve() -> Deployed:
         def __init__(self) -> None:
             torch.set_num_threads(1)
             self.model = digit_nets.trained(digit_nets.TrainConfig(arch="cnn"), progress=False)
+            self.node = ray_service.node_name()
 
         async def __call__(self, request: Any) -> dict[str, Any]:
-            return {"pred": digit_nets.predict(self.model, codec.decode(await request.json())).tolist()}
+            return {"pred": digit_nets.predict(self.model, codec.decode(await request.json())).tolist(), "worker": self.node}
 
     @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
     class Wide:
         def __init__(self) -> None:
             torch.set_num_threads(1)
             self.model = wide.wide_trained()
+            self.node = ray_service.node_name()
 
         @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
         async def predict(self, xs: list[Any]) -> list[list[int]]:
@@ -178,15 +199,16 @@ def deploy_ray_serve() -> Deployed:
             return [preds[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
         async def __call__(self, request: Any) -> dict[str, Any]:
-            return {"pred": await self.predict(codec.decode(await request.json()))}
+            return {"pred": await self.predict(codec.decode(await request.json())), "worker": self.node}
 
     os.environ.setdefault("RAY_agent_register_timeout_ms", str(RAY_AGENT_TIMEOUT_MS))  # see RAY_AGENT_TIMEOUT_MS
     cluster = ray_service.start(num_cpus=N_WORKERS)
     url = cluster.start_serve()
     serve.run(Digits.bind(), name="digits", route_prefix="/digits")  # type: ignore[attr-defined]
     serve.run(Wide.bind(), name="wide", route_prefix="/wide")  # type: ignore[attr-defined]
-    return Deployed(url=url + "/digits", wide_url=url + "/wide", codec="ray-serve", stop=cluster.stop, pids=lambda: cluster.pids,
-                    kill=lambda: process.kill_descendant([os.getpid()], "ServeReplica:digits"))
+    d = Deployed(url=url + "/digits", wide_url=url + "/wide", codec="ray-serve", stop=cluster.stop, pids=lambda: cluster.pids,  # stop deletes both apps
+                 kill=lambda: process.kill_descendant([os.getpid()], "ServeReplica:digits"))
+    return on_cluster(d, f"the Ray cluster at {cluster.url} (RAY_ADDRESS): Serve's proxy and replicas", "the Serve replicas") if cluster.external else d
 
 
 def deploy_kubernetes(service: str = "kube-proxy") -> Deployed:
@@ -214,34 +236,50 @@ def deploy_kubernetes_retrying() -> Deployed:
 
 
 def deploy_torchserve() -> Deployed:
-    """TorchServe (09): the CNN on two workers, the wide model as an MLP with dynamic batching (16, 10 ms)."""
+    """TorchServe (09): the CNN on two workers, the wide model as an MLP with dynamic batching (16, 10 ms).
+
+    Both are registered through the management API, so on ``TORCHSERVE_URL``'s server too (whose
+    model store must be labkit's: ``labkit cluster up``'s is), and unregistered at stop.
+    """
     from labkit.models import digit_nets, wide
     from labkit.runtime import process
     from labkit.services import torchserve
 
-    store = torchserve.model_store("capstone-models")
-    cnn = torchserve.archive("digits", "1.0", digit_nets.trained(digit_nets.TrainConfig(arch="cnn"), progress=False), store)
-    big = torchserve.archive("wide", "1.0", wide.wide_mlp(), store)
-    ts = torchserve.start(store, models={"digits": cnn.name})
+    store = torchserve.model_store()
+    cnn = torchserve.archive("capstone_digits", "1.0", digit_nets.trained(digit_nets.TrainConfig(arch="cnn"), progress=False), store)
+    big = torchserve.archive("capstone_wide", "1.0", wide.wide_mlp(), store)
+    ts = torchserve.start(store)  # TORCHSERVE_URL, if set
+    registered: list[str] = []
+
+    def stop() -> None:
+        try:
+            for name in registered:
+                ts.unregister(name)
+        finally:
+            ts.stop()
+
     try:
-        ts.scale("digits", min_workers=N_WORKERS)
+        ts.register(cnn.name, initial_workers=N_WORKERS)
+        registered.append("capstone_digits")
         ts.register(big.name, batch_size=16, max_batch_delay_ms=10, initial_workers=1)
+        registered.append("capstone_wide")
     except BaseException:
-        ts.stop()
+        stop()
         raise
-    return Deployed(url=ts.predictions_url("digits"), wide_url=ts.predictions_url("wide"), codec="torchserve", stop=ts.stop, pids=lambda: [ts.pid],  # type: ignore[list-item]
-                    kill=lambda: process.kill_descendant([ts.pid], "model_service_worker"))  # type: ignore[list-item]
+    d = Deployed(url=ts.predictions_url("capstone_digits"), wide_url=ts.predictions_url("capstone_wide"), codec="torchserve", stop=stop,
+                 pids=lambda: [ts.pid], kill=lambda: process.kill_descendant([ts.pid], "model_service_worker"))  # type: ignore[list-item]
+    return on_cluster(d, f"TorchServe at {ts.url} (TORCHSERVE_URL)", "TorchServe's Python workers") if ts.external else d
 
 
 def deploy_tfserving() -> Deployed:
     """labkit's TF Serving stand-in (10), serving the CNN's Keras twin. The CNN only (its wide twin is untrained: notebook 10 batches it)."""
-    from labkit.models import savedmodels
     from labkit.services import tfserving
 
-    tfs = tfserving.start(model_base_path=savedmodels.export_versions())
-    return Deployed(url=tfs.predict_url(), codec="tfserving", stop=tfs.stop, pids=lambda: [tfs.pid], exact=False,  # type: ignore[list-item]
-                    kill_note="not measured: one server process; restarting it is a supervisor's job",
-                    wide_note="not measured: the stand-in's wide twin is untrained (notebook 10 measures its batching)")
+    tfs = tfserving.start()  # TFSERVING_URL, if set (it must serve "digits"); else the digits versions exported here
+    d = Deployed(url=tfs.predict_url(), codec="tfserving", stop=tfs.stop, pids=lambda: [tfs.pid], exact=False,  # type: ignore[list-item]
+                 kill_note="not measured: one server process; restarting it is a supervisor's job",
+                 wide_note="not measured: the stand-in's wide twin is untrained (notebook 10 measures its batching)")
+    return on_cluster(d, f"{tfs.label} (TFSERVING_URL; real binary or labkit's stand-in: not known from here)", "its server process") if tfs.external else d
 
 
 def deploy_triton() -> Deployed:
@@ -264,6 +302,21 @@ def deploy_litserve() -> Deployed:
     return Deployed(wide_url=srv.predict_url, codec="litserve", stop=srv.stop, pids=lambda: [srv.pid],  # type: ignore[list-item]
                     kill_note="not measured here: one inference worker in this setup")
 # endregion
+
+
+def on_cluster(d: Deployed, where: str, workers: str | None) -> Deployed:
+    """Mark ``d`` as served by an external deployment: ``where`` says what; ``workers`` (if any) are not killed. Used in 14."""
+    d.external = where
+    if workers:
+        d.kill, d.kill_note = None, EXTERNAL_KILL_NOTE.format(workers)
+    return d
+
+
+def _host(url: str) -> str:
+    """``host:port`` of a service URL (no credentials)."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).netloc.rsplit("@", 1)[-1]
 
 
 def _stop_all(handles: Sequence[Any]) -> None:

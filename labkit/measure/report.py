@@ -157,13 +157,17 @@ def table(results: Sequence[OptionResult], workload: str = "cnn", concurrency: i
     """One row per option for one workload: the seed's opinions next to the measured columns (a DataFrame).
 
     Every latency and throughput column is read at ``concurrency`` and says so in its header.
+    When a row ran on an external deployment, a "runs on" column names it for every row.
     """
     import pandas as pd
 
     shares = ceiling_shares(results, workload, concurrency)
+    any_external = any(r.external for r in results)
     rows = []
     for r in results:
         row: dict[str, Any] = {"option": r.name, "kind": KIND_LABEL[r.kind], "what it is": r.what}
+        if any_external:
+            row["runs on"] = f"external: {r.external}" if r.external else "started by this notebook"
         row.update({c: _seed(r.family, c) for c in ("Best for", "Advantages", "Drawbacks")})
         p = r.at(workload, concurrency)
         if not r.available:
@@ -282,13 +286,14 @@ def advice(results: Sequence[OptionResult], concurrency: int = 16, workloads: Se
             out.append(f"{WORKLOADS[w]}: no real option was measured here, so there is nothing to advise.")
             continue
         low = min(real, key=lambda r: r.at(w, concurrency)["p99_ms"])
-        eff = max(real, key=lambda r: 1000 / max(r.at(w, concurrency)["server_cpu_s_per_1k"], 1e-9))
+        per_cpu = {r.name: 1000 / max(r.at(w, concurrency)["server_cpu_s_per_1k"], 1e-9) for r in real if r.at(w, concurrency)["server_cpu_s_per_1k"] is not None}
+        eff = max(per_cpu, key=per_cpu.__getitem__) if per_cpu else None  # external rows have no server CPU figure
         fast = max(real, key=lambda r: r.at(w, concurrency)["throughput_per_s"])
         top = _ceiling(results, w, concurrency)
         share = f" ({fast.at(w, concurrency)['throughput_per_s'] / top:.0%} of the null-server ceiling, {top:.0f} req/s)" if top else ""
         out.append(f"{WORKLOADS[w]} — lowest p99 @ {concurrency} clients: **{low.name}**, {low.at(w, concurrency)['p99_ms']:.1f} ms; "
-                   f"most requests per server CPU-second: **{eff.name}**, {1000 / max(eff.at(w, concurrency)['server_cpu_s_per_1k'], 1e-9):.0f}; "
-                   f"highest throughput: **{fast.name}**, {fast.at(w, concurrency)['throughput_per_s']:.0f} req/s{share}.")
+                   + (f"most requests per server CPU-second: **{eff}**, {per_cpu[eff]:.0f}; " if eff else "requests per server CPU-second: not measured (external rows only); ")
+                   + f"highest throughput: **{fast.name}**, {fast.at(w, concurrency)['throughput_per_s']:.0f} req/s{share}.")
     healed = [r for r in results if r.kind == "real" and r.recovery.get("recovery_s") is not None]
     broken = [r.name for r in results if r.kind == "real" and r.recovery.get("recovered") is False]
     if healed:
@@ -302,6 +307,9 @@ def advice(results: Sequence[OptionResult], concurrency: int = 16, workloads: Se
     kube = [r for r in results if r.family == "Kubernetes" and r.loc]
     if kube:
         out.append(f"Kubernetes needs {min(r.loc or 0 for r in kube)} lines (deploy code + Dockerfile + manifests in deploy/); its rows are emulated, so they are left out of the ranking above.")
+    external = [r.name for r in results if r.external and r.available]
+    if external:
+        out.append("Measured on an external deployment (its server CPU, RSS and recovery are not this notebook's to measure): " + "; ".join(external) + ".")
     if apart:
         out.append("Left out of every question above (emulated or stand-in: their numbers are labkit's, not the product's): " + "; ".join(apart) + ".")
     return out

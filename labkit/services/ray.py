@@ -35,6 +35,7 @@ __all__ = [
     "RayHandle",
     "ReplicaSampler",
     "leftover_processes",
+    "node_name",
     "quiet_logs",
     "replica_count",
     "start",
@@ -358,6 +359,25 @@ def start(num_cpus: int = DEFAULT_NUM_CPUS, num_gpus: int | None = None, address
                     raise ServiceUnavailable(f"ray.init failed {attempt} times: {exc}", "close other heavy programs, or set RAY_ADDRESS to a running cluster") from exc
     url = getattr(ctx, "address_info", {}).get("gcs_address") or ray.get_runtime_context().gcs_address
     return RayHandle(url, False, {p.pid for p in _ray_descendants()}, time.monotonic() - t0)
+
+
+_NODE_NAME: dict[str, str] = {}
+
+
+def node_name() -> str:
+    """Which Ray node runs this code, as ``"ray node <name>"``: its ``host_<name>`` resource, else its node id's first 8 hex digits.
+
+    Called inside a task or a replica to say where an answer was computed (``labkit cluster up``
+    gives every node a ``host_<name>`` resource). Asked once per process. Used in 14.
+    """
+    import ray
+
+    me = ray.get_runtime_context().get_node_id()
+    if me not in _NODE_NAME:
+        node: dict[str, Any] = next((n for n in ray.nodes() if n.get("NodeID") == me), {})
+        hosts = sorted(k.removeprefix("host_") for k in node.get("Resources", {}) if k.startswith("host_"))
+        _NODE_NAME[me] = f"ray node {hosts[0] if hosts else me[:8]}"
+    return _NODE_NAME[me]
 
 
 def replica_count(app: str, deployment: str) -> int:

@@ -72,6 +72,21 @@ def _probe(url: str) -> bool:
     return r.status_code == 200 and "predictions" in r.json()
 
 
+def _serves(handle: TFServingHandle) -> None:
+    """Raise ServiceUnavailable unless the external server at ``handle.url`` has ``handle.model_name`` loaded."""
+    import httpx
+
+    try:
+        r = httpx.get(f"{handle.url}/v1/models/{handle.model_name}", timeout=10)
+    except httpx.HTTPError as exc:
+        raise ServiceUnavailable(f"TFSERVING_URL={handle.url} does not answer ({exc})", "start that server, or unset TFSERVING_URL to start one here") from exc
+    if r.status_code != 200:
+        raise ServiceUnavailable(
+            f"the TF Serving at {handle.url} serves no model {handle.model_name!r} (HTTP {r.status_code})",
+            f"load it there (labkit.models.savedmodels.export_versions(model_name={handle.model_name!r}) writes it), or unset TFSERVING_URL",
+        )
+
+
 def start(
     model_base_path: str | Path | None = None,
     model_name: str = "digits",
@@ -87,6 +102,7 @@ def start(
     external = config.external_url("TFSERVING_URL")
     if external:
         handle = TFServingHandle(external.rstrip("/"), os.environ.get("TFSERVING_GRPC") or None, model_name, None, "external")
+        _serves(handle)
         process.wait_until(lambda: _probe(handle.predict_url()), 30, f"TF Serving at {external}")
         return handle
     if model_base_path is None and model_config_file is None:

@@ -299,11 +299,20 @@ class TorchServe(process.Handle):
 
     # management API -------------------------------------------------------------------------
     def register(self, mar: str, model_name: str | None = None, batch_size: int = 1, max_batch_delay_ms: int = 100, initial_workers: int = 1, timeout_s: float = REGISTER_TIMEOUT_S) -> Any:
-        """``POST /models?url=…``: load an archive (file name in the store) and wait for its workers."""
+        """``POST /models?url=…``: load an archive (file name in the store) and wait for its workers.
+
+        On an external server (``TORCHSERVE_URL``) the archive must be in *its* model store: a 404
+        there raises ServiceUnavailable saying so.
+        """
         params: dict[str, Any] = {"url": mar, "batch_size": batch_size, "max_batch_delay": max_batch_delay_ms, "initial_workers": initial_workers, "synchronous": "true"}
         if model_name:
             params["model_name"] = model_name
-        return self._request("POST", f"{self.management_url}/models", timeout_s=timeout_s, params=params)
+        try:
+            return self._request("POST", f"{self.management_url}/models", timeout_s=timeout_s, params=params)
+        except BadInput as exc:
+            if not self.external or "HTTP 404" not in str(exc):
+                raise
+            raise ServiceUnavailable(f"the TorchServe at {self.url} cannot load {mar}: {exc}", "its model store must be labkit's (torchserve.model_store(), the same LABKIT_CACHE_DIR); `labkit cluster up` starts one that is") from exc
 
     def unregister(self, name: str, version: str | None = None) -> Any:
         """``DELETE /models/NAME[/VERSION]``: stop its workers and forget it."""
