@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from labkit.exercises import is_unanswered, verdict
+from labkit.measure import probe
 from labkit.measure.load import run_outside_event_loop
 
 __all__ = ["check_idempotent", "check_speedups", "check_wait_for"]
@@ -38,7 +39,7 @@ def check_speedups(answer: Mapping[str, float] | None, figures: Mapping[str, Any
                 if problem:
                     break
     best = max(expected, key=expected.get) if expected else "?"  # type: ignore[arg-type]
-    return verdict("Exercise 1", answer, problem, hint, success=f"Two workers helped most on {best} ({expected.get(best, 0):.2f}×) — on 2 cores, the broker, client and workers share them.")
+    return verdict("Exercise 1", answer, problem, hint, success=f"Two workers helped most on {best} ({expected.get(best, 0):.2f}×) — on {probe.usable_cores()} usable core(s), the broker, client and workers share them.")
 
 
 # Which tasks may run twice without harm? (a redelivered task runs again)
