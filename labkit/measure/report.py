@@ -215,8 +215,9 @@ def plot_all(results: Sequence[OptionResult], concurrency: int = 16, device: str
         ax = row[0]
         names = [r.name for r in ok]
         tps = [r.at(w, concurrency)["throughput_per_s"] for r in ok]
-        lo = [t - r.at(w, concurrency)["throughput_spread"]["min"] for r, t in zip(ok, tps)]
-        hi = [r.at(w, concurrency)["throughput_spread"]["max"] - t for r, t in zip(ok, tps)]
+        # the bar is the median of the rounds, pooled; on a round figure it can sit a hair outside min–max
+        lo = [max(0.0, t - r.at(w, concurrency)["throughput_spread"]["min"]) for r, t in zip(ok, tps)]
+        hi = [max(0.0, r.at(w, concurrency)["throughput_spread"]["max"] - t) for r, t in zip(ok, tps)]
         colors = [plt.cm.tab10(i % 10) if r.kind == "real" else "lightgrey" for i, r in enumerate(ok)]
         ax.barh(names, tps, xerr=[lo, hi], color=colors, edgecolor=["k" if r.kind == "real" else "grey" for r in ok], hatch=None)
         for r, t, yy in zip(ok, tps, range(len(ok))):
