@@ -41,22 +41,17 @@ def check_fraction_of_peak(answer: float | None, sweep: Sequence[Any], peak_gflo
             problem = "that looks like a percentage: give a fraction between 0 and 1"
         elif not _close(float(answer), expected):
             problem = f"{answer:.3g} is not the measured fraction (it should be about {expected:.3g})"
-    return verdict("Exercise 1", answer, problem, hint, success=f"The model uses {expected:.0%} of what the cores can do.")
+    return verdict("Exercise 1", answer, problem, hint, success=f"The model reaches {100 * expected:.3g}% of the peak measured with at most {threads} thread(s).")
 
 
 def check_oversubscription_slowdown(answer: float | None, throughputs: dict[str, float]) -> bool:
     """Exercise 2: throughput of the oversubscribed run divided by the one-process run.
 
-    Refused (⚠️, False) when the one-process reference cannot be right: 2 one-thread processes
-    beat it by more than 2× (or the usable cores).
+    The answer rests on those two entries only; how the third (one thread per process) compares
+    with them is the notebook's verdict, not a reason to refuse this ratio.
     """
     names = list(throughputs)
     expected = throughputs[names[1]] / throughputs[names[0]]
-    if not is_unanswered(answer) and len(names) > 2:  # one thread per process beating one process by more than the cores: the reference was slowed
-        refused = guards.refusal(guards.speedup_within_cores(throughputs[names[2]] / throughputs[names[0]], workers=2))
-        if refused:
-            print(f"⚠️ Exercise 2: {refused}")
-            return False
     problem = None
     if not is_unanswered(answer):
         if not isinstance(answer, (int, float)):
