@@ -30,7 +30,7 @@ import queue
 import statistics
 import threading
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +48,7 @@ __all__ = [
     "build_classify",
     "build_denoise",
     "build_detect",
+    "check_below_bound",
     "failing",
     "measure_stages",
     "pipeline_bound",
@@ -274,6 +275,21 @@ def pipeline_bound(stage_times_s: dict[str, float], replicas: dict[str, int] | N
         raise BadInput("pipeline_bound needs at least one stage time")
     reps = replicas or {}
     return 1.0 / max(t / reps.get(name, 1) for name, t in stage_times_s.items())
+
+
+def check_below_bound(throughputs: Mapping[str, float], bound_per_s: float, timed: str, unit: str = "scenes/s") -> bool:
+    """Print a ⚠️ line for each run faster than ``bound_per_s`` (from stage times taken ``timed``); True if none was.
+
+    A bound holds for the stage times of one moment. A run at another moment, on a machine whose speed
+    changed, can beat it: then the slowest stage ran faster in that run than when it was timed.
+    Shown in 01 §2, §4, §7, §8.
+    """
+    above = {name: v for name, v in throughputs.items() if v > bound_per_s}
+    for name, v in above.items():
+        print(f"⚠️ {name}: {v:,.0f} {unit} is above the bound {bound_per_s:,.0f} {unit} from the stage times of {timed}: "
+              "its slowest stage ran faster than when it was timed (the machine's speed changed between the two), "
+              "so judge it against a bound timed around it, as §3 does")
+    return not above
 
 
 # ---------------------------------------------------------------- sequential
