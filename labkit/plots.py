@@ -7,6 +7,7 @@ Used in every notebook.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,8 @@ __all__ = [
     "with_spread",
 ]
 
+BAR_LABEL_WIDTH = 12  # characters per line of a bar's name before it wraps
+BACKENDS = ("gloo", "nccl", "mpi", "ucc")  # process-group backends: not devices
 STAGE_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
 
 
@@ -61,6 +64,7 @@ def gantt(timeline: Timeline, ax: Axes | None = None, title: str = "Who did what
         )
     ax.set_yticks(range(len(workers)), workers)
     ax.set_xlabel("time (ms)")
+    ax.tick_params(axis="x", labelbottom=True)  # stacked with sharex=True, every panel keeps its numbers under its label
     ax.set_title(title)
     from matplotlib.patches import Patch
 
@@ -172,6 +176,8 @@ def bars(values: Mapping[str, float], ax: Axes | None = None, ylabel: str = "", 
     ax.bar_label(rects, labels=[fmt.format(h) for h in heights], fontsize="small")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    # long names wrap onto short lines so neighbours never run into each other (the categories keep their names)
+    ax.set_xticks(range(len(names)), [textwrap.fill(n, BAR_LABEL_WIDTH) for n in names])
     ax.tick_params(axis="x", labelrotation=20 if len(names) > 4 else 0)
     ax.grid(axis="y", alpha=0.3)
     return ax
@@ -219,9 +225,25 @@ def replicas_over_time(t_s: Sequence[float], replicas: Sequence[int], load: tupl
     return ax
 
 
-def annotate_device(ax: Axes, device: Any) -> None:
-    """Write the device name in the corner of a plot, so a CPU run never passes for a GPU one."""
-    ax.text(0.99, 0.01, f"device: {device}", transform=ax.transAxes, ha="right", va="bottom", fontsize="x-small", color="grey")
+def annotate_device(ax: Axes, device: Any, backend: str | None = None) -> None:
+    """Write the device (and the process-group backend, if any) above the plot's top-right corner.
+
+    The note sits outside the axes, so it never covers a bar or a line, and a CPU run never passes
+    for a GPU one. A backend name given as ``device`` ("gloo", "nccl") is shown as the backend, with
+    the device it implies (gloo: cpu, nccl: cuda).
+    """
+    if backend is None and str(device) in BACKENDS:
+        backend, device = str(device), "cuda" if str(device) == "nccl" else "cpu"
+    note = f"device: {device}" + (f" · backend: {backend}" if backend else "")
+    text = ax.annotate(note, xy=(1.0, 1.0), xycoords="axes fraction", xytext=(0, 2), textcoords="offset points",
+                       ha="right", va="bottom", fontsize="x-small", color="grey")
+    title = ax.title
+    if title.get_text():  # a centred title wide enough to reach the note: lift the note above the title
+        renderer = ax.figure.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg and the inline backend have one
+        box, title_box = ax.get_window_extent(renderer), title.get_window_extent(renderer)
+        note_px = text.get_window_extent(renderer).width
+        if title_box.x1 > box.x1 - note_px - 4:
+            text.set_position((0, 4 + title_box.height * 72 / ax.figure.dpi + 6))
 
 
 def legend_outside(ax: Axes, **kwargs: Any) -> None:

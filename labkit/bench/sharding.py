@@ -3,7 +3,8 @@
 Targets (ratios measured side by side in one run):
 - tensor-parallel logits vs unsharded: max abs diff ≤ 1e-5, greedy tokens identical
 - pipeline (GPipe) logits vs unsplit: max abs diff ≤ 1e-5
-- GPipe gain at K=2 stages, M=4 microbatches within 15% of the ideal K·M/(M+K−1): |measured/ideal − 1| ≤ 0.15
+- GPipe gain at K=2 stages, M=4 microbatches at least 85 % of the ideal K·M/(M+K−1), capped at the
+  usable cores (as notebook 03's verdict): measured/ideal ≥ 0.85
 Also reported: the measured gain, the ideal, tensor-parallel speedup, 2-thread intra-op speedup.
 Used in 03.
 """
@@ -54,14 +55,16 @@ def run(fast: bool = False) -> bench.Result:
     two_threads_s = sharding.intra_op_seconds(model, x, n_threads=2, repeats=int(s["repeats"]))  # type: ignore[call-overload]
     steps.update()
     steps.close()
-    gain, ideal = pp.speedup(N_MICROBATCHES), pp.ideal(N_MICROBATCHES)
+    from labkit.measure import probe
+
+    gain, ideal = pp.speedup(N_MICROBATCHES), min(pp.ideal(N_MICROBATCHES), probe.usable_cores())  # ranks beyond the cores take turns
     targets = [
         bench.Target("tensor-parallel max abs diff", tp.max_abs_diff, "", "<=", 1e-5),
         bench.Target("tensor-parallel greedy tokens identical", float(tp.tokens_identical), "", ">=", 1.0),
         bench.Target("pipeline max abs diff", pp.max_abs_diff, "", "<=", 1e-5),
-        bench.Target(f"GPipe gain K={N_STAGES} M={N_MICROBATCHES}: |measured/ideal - 1|", abs(gain / ideal - 1), "", "<=", 0.15),
+        bench.Target(f"GPipe gain K={N_STAGES} M={N_MICROBATCHES}: measured/ideal", gain / ideal, "", ">=", 0.85),
         bench.Target(f"GPipe gain K={N_STAGES} M={N_MICROBATCHES}", gain, "x"),
-        bench.Target(f"GPipe ideal K={N_STAGES} M={N_MICROBATCHES}", ideal, "x"),
+        bench.Target(f"GPipe ideal K={N_STAGES} M={N_MICROBATCHES} (capped at the usable cores)", ideal, "x"),
         bench.Target("naive layer split speedup", pp.unsplit_s / pp.naive_s, "x"),
         bench.Target("tensor-parallel speedup (2 ranks)", tp.speedup, "x"),
         bench.Target("tensor-parallel time in all-reduce", tp.collectives_s / tp.forward_s, "of forward"),

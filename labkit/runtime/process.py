@@ -543,7 +543,7 @@ def assert_nothing_left(
         left += list(extra())
     if left:
         raise AssertionError(f"still running after clean-up: {', '.join(left)}")
-    checked = ["labkit's pid registry"] + ([f"{len(pids)} given process(es)"] if pids else []) + (["the extra check"] if extra is not None else [])
+    checked = ["labkit's pid registry"] + ([f"{len(pids)} given process(es)"] if pids else []) + (["the caller's own list"] if extra is not None else [])
     if not quiet:
-        print(f"nothing left running: {', '.join(checked)} checked")
+        print(f"nothing left running: checked {', '.join(checked)}")
     return checked
