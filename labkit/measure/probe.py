@@ -167,7 +167,7 @@ class ProbeReport:
             return f"other programs used the CPU: {on}"
         # /proc/stat says other programs used little: the load average (a lagging 1-minute count of
         # runnable processes) then counts this notebook's own processes, or work that had just ended
-        others = f"other programs used only {self.others_cores:.1f} cores over the run"
+        others = f"other programs used only {self.others_cores:.1f} cores {'so far' if self.end_s is None else 'over the run'}"
         faster = ""
         if self.slowdown is not None and self.slowdown < 1 / SLOWDOWN_LIMIT:
             faster = f", and the start calibration ran {1 / self.slowdown:.2f}× slower than the end (the machine was busier as this started)"
