@@ -99,6 +99,17 @@ def test_probe_counts_other_programs_cpu_and_refreshes_while_running() -> None:
     assert report.end_s is not None and probe.last() is report and "others_cores" in report.as_dict()
 
 
+def test_a_high_load_average_is_not_blamed_on_others_when_they_measured_idle() -> None:
+    """Notebook 04 on a busy machine: load 3.6 at the start, others 0.0 cores, calibration faster at the end."""
+    stale = probe.ProbeReport(1.5e-3, 1e-3, 3.6, 1.2, 2, 2, others_cores=0.0)
+    cause = stale.cause() or ""
+    assert "other programs used the CPU" not in cause and "at the start" in cause and "only 0.0 cores" in cause
+    assert "1.50× slower than the end" in cause
+    own = probe.ProbeReport(1e-3, None, 1.0, 3.4, 2, 2, others_cores=0.2)
+    assert "load average 3.4 now" in (own.cause() or "") and "own processes" in (own.cause() or "")
+    assert "other programs used the CPU" in (probe.ProbeReport(1e-3, 1e-3, 3.6, 3.6, 2, 2, others_cores=1.1).cause() or "")
+
+
 def test_without_a_probe_a_failed_verdict_still_reads_the_load_average(monkeypatch: pytest.MonkeyPatch) -> None:
     """A notebook that started no probe must not call a loaded machine idle."""
     monkeypatch.setattr(probe, "_LAST", [])

@@ -11,7 +11,9 @@ if the end is markedly slower, or the load average exceeds the usable cores this
 use (``os.sched_getaffinity``), or other programs (not this process and its children) kept the
 usable cores busy (from ``/proc/stat`` on Linux: ``others_cores``, cores' worth of CPU time used by
 others since ``start()``), the report says the machine was busy, and verdicts that fail print that
-as their likely cause. While a probe runs, ``last()`` refreshes the others' share (cheap: two file
+as their likely cause. A high load average alone is not blamed on other programs when
+``others_cores`` says they used little: the cause then names this notebook's own processes (or
+work that ended as it started). While a probe runs, ``last()`` refreshes the others' share (cheap: two file
 reads), so a verdict mid-notebook names what happened so far.
 Used in every notebook's setup cell and by ``labkit bench``.
 """
@@ -151,12 +153,36 @@ class ProbeReport:
         """The likely cause of a disappointing figure, from what the probe measured; None if idle."""
         reasons = []
         if self.max_load is not None and self.max_load > self.usable_cores + LOAD_MARGIN:
-            reasons.append(f"other programs used the CPU: load average {self.max_load:.1f} on {self.usable_cores} usable cores")
+            reasons.append(self._load_reason())
         if self.others_cores is not None and self.others_cores > OTHERS_LIMIT:
             reasons.append(f"other programs kept {self.others_cores:.1f} of the {self.usable_cores} usable cores busy on average while this ran")
         if self.slowdown is not None and self.slowdown > SLOWDOWN_LIMIT:
             reasons.append(f"the machine slowed down during the run: calibration {self.slowdown:.2f}× slower at the end than at the start")
         return "; ".join(reasons) or None
+
+    def _load_reason(self) -> str:
+        """Why the load average is high: other programs, unless the direct measurement says they used little."""
+        on = f"load average {self.max_load:.1f} on {self.usable_cores} usable cores"
+        if self.others_cores is None or self.others_cores > OTHERS_LIMIT:
+            return f"other programs used the CPU: {on}"
+        # /proc/stat says other programs used little: the load average (a lagging 1-minute count of
+        # runnable processes) then counts this notebook's own processes, or work that had just ended
+        others = f"other programs used only {self.others_cores:.1f} cores {'so far' if self.end_s is None else 'over the run'}"
+        faster = ""
+        if self.slowdown is not None and self.slowdown < 1 / SLOWDOWN_LIMIT:
+            faster = f", and the start calibration ran {1 / self.slowdown:.2f}× slower than the end (the machine was busier as this started)"
+        if self.load_end is not None and self.load_end > self.usable_cores + LOAD_MARGIN:
+            when = "now" if self.end_s is None else "at the end"
+            return (
+                f"load average {self.load_end:.1f} {when} on {self.usable_cores} usable cores, yet {others}{faster}: "
+                "the load average counts this notebook's own processes, so they likely outnumbered the cores "
+                "(workers or replicas next to this kernel)"
+            )
+        return (
+            f"load average {self.max_load:.1f} at the start on {self.usable_cores} usable cores (a 1-minute average: it lags), "
+            f"yet {others}{faster}: likely work that ended as this started, "
+            "or this notebook's own processes outnumbering the cores"
+        )
 
     def line(self) -> str:
         """One line for a notebook or a benchmark: idle or busy, with the figures."""
