@@ -46,6 +46,13 @@ class Guard:
         return None
 
 
+def _unexplained() -> str:
+    """A note for a spread the probe cannot explain: it saw no other load and no slowdown so far."""
+    if probe.current().cause():
+        return ""
+    return "; the probe saw no other programs' load, so the cause is not known from this run (this notebook's own processes, or the OS)"
+
+
 def _cause(why: str) -> str:
     seen = probe.current().cause()
     return f"{why}; {seen}" if seen else why
@@ -81,7 +88,7 @@ def peak_with_threads(peaks: Mapping[int, float], quiet: bool = True) -> Guard:
 def repeats_agree(s: Spread, what: str = "", limit: float = TWIN_LIMIT, quiet: bool = True) -> Guard:
     """⚠️ when the most different repeat of ``s`` is more than ``limit`` (30 %) away from its twin."""
     name = what or s.label or "the figure"
-    why = f"the repeats of {name} disagree by {s.relative_spread:.0%}, so its median is not one speed but a mix of busy and idle moments"
+    why = f"the repeats of {name} disagree by {s.relative_spread:.0%}, so its median mixes fast and slow moments{_unexplained()}"
     return _guard(f"repeats of {name} agree within {limit:.0%}", s.relative_spread * 100, "<=", limit * 100, why, unit=" %", digits=0, quiet=quiet)
 
 
@@ -95,7 +102,7 @@ def rounds_agree(spreads: Mapping[Any, Spread], limit: float = STEADY_LIMIT, qui
         raise BadInput("give at least one Spread (the result of timing.compare)")
     worst = max(spreads.values(), key=lambda s: s.median_relative_spread)
     spread = worst.median_relative_spread
-    why = f"the rounds of {worst.label} differ by {spread:.0%} of their median, so its median is not one speed but a mix of busy and idle moments"
+    why = f"the rounds of {worst.label} differ by {spread:.0%} of their median, so its median mixes fast and slow rounds{_unexplained()}"
     claim = f"the {worst.n} interleaved rounds of each variant agree (worst: {worst.label})"
     return _guard(claim, 100 * spread, "<=", 100 * limit, why, unit=" %", digits=0, quiet=quiet)
 
