@@ -247,6 +247,10 @@ class Deployment(process.Handle):
     def _start_controller(self) -> None:
         self._thread.start()
 
+    def __str__(self) -> str:
+        return (f"Deployment {self.name}: {self.spec_replicas} replica(s) wanted, {self.ready_replicas()} ready, "
+                f"behind a {self.service} Service at {self.url}")
+
     def __repr__(self) -> str:
         return f"<Deployment {self.name} spec={self.spec_replicas} ready={self.ready_replicas()} service={self.service} via {self.url}>"
 

@@ -143,7 +143,7 @@ class Emulation:
     def line(self) -> str:
         """The run's figures in one sentence with units (the same figures as ``summary``)."""
         d = self.summary()
-        text = f"{d['requests']} requests, {d['errors']} failed, up to {d['max_replicas']} replicas, {d['replica_seconds']} replica·s"
+        text = f"{d['requests']} requests, {d['errors']} failed, up to {d['max_replicas']} replica{'' if d['max_replicas'] == 1 else 's'}, {d['replica_seconds']} replica·s"
         if "p99_ms" in d:
             text += f", p99 {d['p99_ms']} ms"
         if d["pod_start_s"] is not None:

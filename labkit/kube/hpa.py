@@ -387,6 +387,11 @@ class HPA:
         else:
             events.append(new)
 
+    def __str__(self) -> str:
+        mode = "legacy autoscaling/v1 rules (no behavior)" if self.behavior is None else "an autoscaling/v2 behavior"
+        metrics = ", ".join(m.label for m in self.metrics if isinstance(m, MetricSpec)) or "no metrics"
+        return f"HPA between {self.min_replicas} and {self.max_replicas} replicas on {metrics}, with {mode}"
+
     def __repr__(self) -> str:
         mode = "legacy (no behavior)" if self.behavior is None else "behavior"
         metrics = ", ".join(m.label for m in self.metrics if isinstance(m, MetricSpec)) or "no metrics"

@@ -30,6 +30,7 @@ def runs(results: Mapping[str, Emulation] | Emulation, title: str = "HPA emulati
     retries are counted in the latency legend (none is dropped silently).
     """
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     results = {"run": results} if isinstance(results, Emulation) else dict(results)
     fig, axes = plt.subplots(4, 1, figsize=(10, 8.5), sharex=True, layout="constrained")
@@ -51,6 +52,9 @@ def runs(results: Mapping[str, Emulation] | Emulation, title: str = "HPA emulati
     axes[2].yaxis.get_major_locator().set_params(integer=True)
     axes[3].set_ylabel("p99 latency (ms)")
     axes[3].set_yscale("log")
+    axes[3].yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axes[3].yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # 20, 50, 100 ms, not 2×10^1
+    axes[3].yaxis.set_minor_formatter(ticker.NullFormatter())  # minor labels crowd each other
     axes[3].set_xlabel("emulated time (s)")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -68,7 +72,9 @@ def costs(results: Mapping[str, Emulation], title: str = "What each HPA cost") -
     figures = [("replica · emulated s", [r.replica_seconds() for r in results.values()]), ("p99 latency (ms)", [r.p99_ms() for r in results.values()]), ("requests failed", [float(r.errors()) for r in results.values()])]
     for ax, (label, values) in zip(axes, figures):
         bars = ax.bar(names, values, color=[f"C{i}" for i in range(len(names))])
-        ax.bar_label(bars, fmt="%.0f")
+        ax.bar_label(bars, fmt="%.0f", padding=2)
+        ax.set_ylim(0, max([v for v in values if v == v] + [1.0]) * 1.18)  # room for the labels; a count of 0 stays 0..1
+        ax.yaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(label)
         ax.tick_params(axis="x", labelrotation=15)
     fig.suptitle(f"{title}\n({EMULATION_LABEL})", fontsize="medium")

@@ -121,6 +121,11 @@ def plot_sweep(sw: Sweep, axes: Any = None, title: str = "") -> Any:
         ax.set_title(f"{name}{' · ' + title if title else ''}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    axes[1].set_yscale("log")
-    axes[2].set_yscale("log")
+    from matplotlib import ticker
+
+    for ax in axes[1:]:  # log axes labelled in plain ms (0.5, 1, 2, 5 …), not 10^0 and 2×10^0
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     return axes
