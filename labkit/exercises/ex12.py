@@ -67,5 +67,5 @@ def check_mean_batch(answer: Any, metrics_text: str, model: str) -> bool:
         answer,
         problem,
         f'keep the lines starting with nv_inference_count{{ and nv_inference_exec_count{{ that contain model="{model}"; the number is after the last space',
-        success=f"Triton ran {want:.2f} requests per model execution.",
+        success=f"Triton ran {want:.2f} items per model execution: every request this model answered so far (each load of the sweep, its warm-up, the checks), so not the mean batch of one concurrency.",
     )

@@ -10,23 +10,33 @@ returns one ``BatchingSweep`` of ``SweepRow``s — the same type for every serve
     result = batching.sweep([Setting(1), Setting(32, 10)], [32], serve, n_requests=320)
     print(result.gain(32), result.row(32, 32).mean_batch)
 
-Used by services.torchserve (09), bench.ray (07), bench.tfserving (10) and their benchmarks.
+``save(result, "triton")`` keeps a sweep's rows on disk and ``recent("triton")`` reads them back
+while they are fresh, so a later notebook of the same sitting can compare with them (13 with 12).
+
+Used by services.torchserve (09), bench.ray (07), bench.tfserving (10), services.triton (12),
+services.litserve (13) and their benchmarks.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from labkit import config
 from labkit.errors import BadInput
 from labkit.measure.load import LoadResult
 
-__all__ = ["BatchingSweep", "Served", "Setting", "SweepRow", "sweep"]
+__all__ = ["BatchingSweep", "Served", "Setting", "SweepRow", "recent", "save", "sweep"]
 
 WARMUP = (2, 8)  # (concurrency, requests) sent untimed to each setting before it is measured
+RECENT_S = 3600.0  # a saved sweep older than this is not "from this sitting" (recent() ignores it)
 
 
 @dataclass(frozen=True)
@@ -168,14 +178,14 @@ def sweep(
     """Serve each setting (``serve(setting)``), warm it up, load it at each concurrency; stop it.
 
     Settings run one after the other, so each row is measured on the same machine in the same run.
+    ``progress`` and ``desc`` are kept for callers; nothing is drawn while the loads are timed.
     """
     from labkit.measure import load
-    from labkit.runtime.progress import tqdm
 
+    del progress, desc  # a progress bar would leave debris in the notebook and steal CPU from the timing
     if not settings or not concurrencies:
         raise BadInput("a sweep needs at least one setting and one concurrency")
     result = BatchingSweep()
-    bar = tqdm(total=len(settings) * len(concurrencies), desc=desc, disable=not progress, leave=False)
     for setting in settings:
         with serve(setting) as served:
             load.closed_loop(served.url, served.payload, concurrency=warmup[0], n_requests=warmup[1])
@@ -192,7 +202,41 @@ def sweep(
                 result.rows.append(SweepRow(setting, concurrency, "http", res, dict(formed)))
                 for transport, run in served.transports.items():
                     result.rows.append(SweepRow(setting, concurrency, transport, run(concurrency, n_requests)))
-                bar.update()
             result.servers[setting.label] = served.info()
-    bar.close()
     return result
+
+
+def _saved_path(name: str) -> Path:
+    return config.cache_dir("results", "sweeps") / f"{name}.json"
+
+
+def save(result: BatchingSweep, name: str) -> Path:
+    """Keep ``result``'s rows (``label`` + ``summary()``) under ``name``, with the time, mode and load average.
+
+    ``recent(name)`` reads them back. Used in 12 (Triton's sweep, which 13 compares with).
+    """
+    rows = [{"label": r.setting.label, **r.summary()} for r in result.rows]
+    payload = {"name": name, "saved_at": time.time(), "fast": config.fast(), "load_average": os.getloadavg()[0], "rows": rows}
+    path = _saved_path(name)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, default=str))
+    tmp.replace(path)
+    return path
+
+
+def recent(name: str, max_age_s: float = RECENT_S) -> dict[str, Any] | None:
+    """What ``save`` kept under ``name`` if it was saved under ``max_age_s`` ago in this mode (fast/full), else None.
+
+    The dict has ``saved_at`` (epoch s), ``age_s``, ``fast``, ``load_average`` and ``rows`` (dicts with
+    ``label``, ``max_batch_size``, ``concurrency``, ``transport``, ``throughput_per_s``, ``p99_ms``,
+    ``mean_batch``...). Used in 13.
+    """
+    path = _saved_path(name)
+    try:
+        payload: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    age = time.time() - float(payload.get("saved_at", 0.0))
+    if not 0 <= age <= max_age_s or payload.get("fast") != config.fast():
+        return None
+    return {**payload, "age_s": age}
