@@ -191,7 +191,7 @@ class ProbeReport:
         others = "" if self.others_cores is None else f", other programs {self.others_cores:.1f} cores"
         head = f"machine: {self.usable_cores} usable cores (of {self.cpu_count}), load average {load}{others}{speed}"
         cause = self.cause()
-        return f"⚠️ {head} — busy: {cause}; read the ratios below with that in mind" if cause else f"✅ {head} — idle enough to measure"
+        return f"⚠️ {head} — busy: {cause}; read this run's ratios with that in mind" if cause else f"✅ {head} — idle enough to measure"
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
