@@ -7,7 +7,7 @@ also when the block raises. Modelled on accelerate's ``utils.environment.patch_e
     with environ.patch_environment(OMP_NUM_THREADS=1, MASTER_PORT=29500):
         start_children()
 
-Used by ``runtime.hardware.threads_limited`` (00–05), the ensemble's worker pool (02) and
+Used by ``runtime.hardware.threads_limited`` (00–05), the ensemble's worker pool (02), a local Ray start (07, 14) and
 ``patterns.sharding.run_ranks`` (03).
 """
 
