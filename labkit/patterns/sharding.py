@@ -209,6 +209,15 @@ def _best(times: Sequence[float]) -> float:
     return min(times)
 
 
+def _per_repeat(per_rank: Sequence[Sequence[float]]) -> list[float]:
+    """Each repeat's time across the ranks: the slowest rank's (the repeat is done when every rank is)."""
+    return [max(ts) for ts in zip(*per_rank)]
+
+
+def _range(times: Sequence[float]) -> tuple[float, float]:
+    return (min(times), max(times))
+
+
 def gpipe_ideal_speedup(n_stages: int, n_microbatches: int) -> float:
     """GPipe's ideal speedup over one device: K·M / (M + K − 1) for K stages and M microbatches."""
     return n_stages * n_microbatches / (n_microbatches + n_stages - 1)
@@ -319,7 +328,8 @@ def tp_worker(
 
 @dataclass
 class TensorParallelResult:
-    """What ``tensor_parallel`` measured; times are the best of the repeats, in seconds."""
+    """What ``tensor_parallel`` measured; times are the best of the repeats, in seconds (each repeat
+    counts its slowest rank); the ``*_range_s`` fields are the (fastest, slowest) repeat."""
 
     world_size: int
     backend: str
@@ -334,6 +344,8 @@ class TensorParallelResult:
     collectives_s: float
     unsharded_s: float
     per_rank: list[dict[str, Any]] = field(repr=False, default_factory=list)
+    forward_range_s: tuple[float, float] = (0.0, 0.0)
+    collectives_range_s: tuple[float, float] = (0.0, 0.0)
 
     @property
     def compute_s(self) -> float:
@@ -373,6 +385,8 @@ def tensor_parallel(
     results = run_ranks(tp_worker, (model.cfg, state, x, prompt_ids, n_new, repeats, x_timed), world_size=world_size, backend=backend)
     diff = max(float((r["logits"] - ref_logits).abs().max()) for r in results)
     same = all(torch.equal(r["tokens"], ref_tokens) for r in results)
+    forward = _per_repeat([r["forward_s"] for r in results])
+    collectives = _per_repeat([r["allreduce_s"] for r in results])
     return TensorParallelResult(
         world_size=world_size,
         backend=backend,
@@ -383,10 +397,12 @@ def tensor_parallel(
         n_params_per_rank=[r["n_params"] for r in results],
         bytes_full=param_bytes(model),
         bytes_per_rank=[r["param_bytes"] for r in results],
-        forward_s=max(_best(r["forward_s"]) for r in results),
-        collectives_s=max(_best(r["allreduce_s"]) for r in results),
+        forward_s=_best(forward),
+        collectives_s=_best(collectives),
         unsharded_s=unsharded_s,
         per_rank=results,
+        forward_range_s=_range(forward),
+        collectives_range_s=_range(collectives),
     )
 
 
@@ -456,7 +472,7 @@ def pp_worker(
     microbatch_counts: Sequence[int],
     repeats: int,
 ) -> dict[str, Any]:
-    """One pipeline rank: the naive layer split (send/recv of the whole batch), then GPipe for each M."""
+    """One pipeline rank: the naive layer split (send/recv of the whole batch) and GPipe for each M, in turns."""
     import torch.distributed as dist
     from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
@@ -470,41 +486,36 @@ def pp_worker(
     def sync() -> None:
         timing.synchronize(device)
 
-    with torch.no_grad():
-        # the naive split: each rank waits for the whole batch from the previous one
-        spans: list[dict[str, Any]] = []
-        for rep in range(repeats + 1):
-            dist.barrier()
-            t0 = timing.now()
-            h = x if first else torch.empty(act_shape, device=device)
-            if not first:
-                dist.recv(h, src=rank - 1)
-                sync()  # on nccl the receive is queued on the GPU: the stage starts once it has landed
-            s0 = timing.now()
-            h = stage(h)
-            sync()
-            if rep == repeats:
-                spans.append({"worker": f"rank {rank}", "stage": f"stage {rank}", "start": s0, "end": timing.now(), "item": 0})
-            if not last:
-                dist.send(h.contiguous(), dst=rank + 1)
-            dist.barrier()
-            if rep > 0:
-                out["naive_s"].append(timing.now() - t0)
-            if last:
-                out["logits_naive"] = h.cpu()
-        out["naive_spans"] = spans
+    for m in microbatch_counts:
+        if x.shape[0] % m:
+            raise BadInput(f"batch of {x.shape[0]} does not split into {m} equal microbatches")
 
+    def naive(record: list[dict[str, Any]] | None) -> torch.Tensor:
+        """The naive split: each rank waits for the whole batch from the previous one."""
+        h = x if first else torch.empty(act_shape, device=device)
+        if not first:
+            dist.recv(h, src=rank - 1)
+            sync()  # on nccl the receive is queued on the GPU: the stage starts once it has landed
+        s0 = timing.now()
+        h = stage(h)
+        sync()
+        if record is not None:
+            record.append({"worker": f"rank {rank}", "stage": f"stage {rank}", "start": s0, "end": timing.now(), "item": 0})
+        if not last:
+            dist.send(h.contiguous(), dst=rank + 1)
+        return h
+
+    with torch.no_grad():
         # GPipe: the same stages, the batch cut into M microbatches that flow through back to back
-        for m in microbatch_counts:
-            if x.shape[0] % m:
-                raise BadInput(f"batch of {x.shape[0]} does not split into {m} equal microbatches")
-            pipe_stage = PipelineStage(stage, rank, world_size, device)
-            schedule = ScheduleGPipe(pipe_stage, n_microbatches=m)
-            spans = []
-            times = []
-            hooks: list[Any] = []
-            for rep in range(repeats + 1):
-                # the unsplit model on rank 0 alone, interleaved so both see the same machine load
+        schedules = {m: ScheduleGPipe(PipelineStage(stage, rank, world_size, device), n_microbatches=m) for m in microbatch_counts}
+        variants: list[Any] = ["naive", *microbatch_counts]
+        spans: dict[Any, list[dict[str, Any]]] = {v: [] for v in variants}
+        times: dict[Any, list[float]] = {v: [] for v in variants}
+        # every repeat runs every variant in turn (naive, then each M), so a load that comes and goes
+        # hits them all alike; rep 0 is the warm-up; the last repeat records the spans the charts show
+        for rep in range(repeats + 1):
+            for v in variants:
+                # the unsplit model on rank 0 alone, in turns with the split runs so both see the same machine load
                 dist.barrier()
                 if first:
                     t0 = timing.now()
@@ -512,28 +523,40 @@ def pp_worker(
                     sync()
                     if rep > 0:
                         out.setdefault("unsplit_s", []).append(timing.now() - t0)
-                dist.barrier()
-                if rep == repeats:
-                    hooks = _record_spans(stage, rank, spans, device)
+                record = spans[v] if rep == repeats else None
+                hooks = _record_spans(stage, rank, record, device) if record is not None and v != "naive" else []
                 dist.barrier()
                 t0 = timing.now()
-                y = schedule.eval(x) if first else schedule.eval()
-                sync()
+                if v == "naive":
+                    y = naive(record)
+                else:
+                    y = schedules[v].eval(x) if first else schedules[v].eval()
+                    sync()
                 dist.barrier()
                 if rep > 0:
-                    times.append(timing.now() - t0)
-            for handle in hooks:
-                handle.remove()
-            out["gpipe_s"][m] = times
-            out["gpipe_spans"][m] = spans
-            if last:
-                out.setdefault("logits_gpipe", {})[m] = y.cpu()
+                    times[v].append(timing.now() - t0)
+                for handle in hooks:
+                    handle.remove()
+                if last and rep == repeats:
+                    if v == "naive":
+                        out["logits_naive"] = y.cpu()
+                    else:
+                        out.setdefault("logits_gpipe", {})[v] = y.cpu()
+        out["naive_s"], out["naive_spans"] = times["naive"], spans["naive"]
+        out["gpipe_s"] = {m: times[m] for m in microbatch_counts}
+        out["gpipe_spans"] = {m: spans[m] for m in microbatch_counts}
     return out
 
 
 @dataclass
 class PipelineResult:
-    """What ``pipeline_parallel`` measured; times are the best of the repeats, in seconds."""
+    """What ``pipeline_parallel`` measured; times are the best of the repeats, in seconds.
+
+    A repeat's time is its timed span, barrier to barrier, of the slowest rank; ``naive_repeats_s`` and
+    ``gpipe_repeats_s`` keep every repeat (in order: the last one is the one the timelines show).
+    A timeline's makespan (first stage's start to last stage's end) leaves out the barriers and the
+    schedule's own work before the first and after the last stage call, so it can be shorter.
+    """
 
     n_stages: int
     backend: str
@@ -546,6 +569,14 @@ class PipelineResult:
     naive_timeline: timing.Timeline
     timelines: dict[int, timing.Timeline]
     baseline_s: float | None = None  # the caller's unsharded baseline; speedups divide it when given
+    naive_repeats_s: list[float] = field(default_factory=list)
+    gpipe_repeats_s: dict[int, list[float]] = field(default_factory=dict)
+
+    def spread(self, n_microbatches: int | None = None) -> timing.Spread:
+        """The repeats of GPipe at ``n_microbatches`` (None: of the naive split) as a ``timing.Spread``."""
+        if n_microbatches is None:
+            return timing.spread(self.naive_repeats_s or [self.naive_s], label="the naive split")
+        return timing.spread(self.gpipe_repeats_s.get(n_microbatches) or [self.gpipe_s[n_microbatches]], label=f"GPipe M={n_microbatches}")
 
     @property
     def reference_s(self) -> float:
@@ -590,7 +621,8 @@ def pipeline_parallel(
     """Run the naive split and GPipe over ``world_size`` stages; check every output against the unsplit model.
 
     The unsplit time is measured on rank 0 (1 thread, the other ranks idle), interleaved with the
-    GPipe runs so that both see the same machine load. With ``baseline_s`` (the caller's one
+    split runs so that both see the same machine load; every repeat runs the naive split and each M
+    in turn. With ``baseline_s`` (the caller's one
     unsharded baseline) speedups divide that instead, and ``unsplit_s`` is a check of it.
     """
     backend = backend or backend_for(world_size)
@@ -607,16 +639,20 @@ def pipeline_parallel(
         naive.extend(r["naive_spans"])
         for m in microbatch_counts:
             timelines[m].extend(r["gpipe_spans"][m])
+    naive_s = _per_repeat([r["naive_s"] for r in results])
+    gpipe_s = {m: _per_repeat([r["gpipe_s"][m] for r in results]) for m in microbatch_counts}
     return PipelineResult(
         n_stages=world_size,
         backend=backend,
         batch_size=int(x.shape[0]),
         seq_len=int(x.shape[1]),
         unsplit_s=_best(results[0]["unsplit_s"]),
-        naive_s=max(_best(r["naive_s"]) for r in results),
-        gpipe_s={m: max(_best(r["gpipe_s"][m]) for r in results) for m in microbatch_counts},
+        naive_s=_best(naive_s),
+        gpipe_s={m: _best(t) for m, t in gpipe_s.items()},
         max_abs_diff=max(diffs),
         naive_timeline=naive,
         timelines=timelines,
         baseline_s=baseline_s,
+        naive_repeats_s=naive_s,
+        gpipe_repeats_s=gpipe_s,
     )
