@@ -86,14 +86,18 @@ def test_tensor_parallel_matches_unsharded(model: tinygpt.TinyGPT, batch: torch.
     assert r.max_abs_diff <= TOL
     assert r.tokens_identical
     assert tinygpt.vocab().decode(r.tokens).startswith("Errors should never")
+    assert r.forward_range_s[0] == r.forward_s <= r.forward_range_s[1]  # the best repeat is the low end of the range
     assert all(n < r.n_params_full for n in r.n_params_per_rank)
     assert _no_children() == []
 
 
 def test_pipeline_matches_unsplit(model: tinygpt.TinyGPT, batch: torch.Tensor) -> None:
-    r = sharding.pipeline_parallel(model, batch, microbatch_counts=(1, 4), repeats=1, world_size=2, backend="gloo")
+    r = sharding.pipeline_parallel(model, batch, microbatch_counts=(1, 4), repeats=2, world_size=2, backend="gloo")
     assert r.max_abs_diff <= TOL
     assert set(r.gpipe_s) == {1, 4}
+    # every repeat is kept (the slowest rank's), and the reported figure is the fastest of them
+    assert r.spread().n == r.spread(4).n == 2
+    assert r.naive_s == r.spread().low and r.gpipe_s[4] == r.spread(4).low
     # GPipe with M=4 ran 4 microbatches through each of the 2 stages
     assert len(r.timelines[4]) == 8
     assert r.timelines[4].workers() == ["rank 0", "rank 1"]
