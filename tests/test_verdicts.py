@@ -133,3 +133,13 @@ def test_without_a_probe_a_failed_verdict_still_reads_the_load_average(monkeypat
     assert "load average 19.0 on 2 usable cores" in line and verdicts.IDLE_CAUSE not in line
     monkeypatch.setattr(probe, "load_average", lambda: 0.3)
     assert verdicts.IDLE_CAUSE in str(verdicts.check("fast enough", 1.0, ">=", 2.0, show=False))
+
+
+def test_a_count_of_one_reads_in_the_singular() -> None:
+    line = str(verdicts.check("it scaled", 1, ">=", 2, unit=" replicas", digits=0, cause="c", show=False))
+    assert "measured 1 replica (expected ≥ 2 replicas)" in line
+    assert "measured 0 requests (expected ≤ 1 request)" in str(verdicts.check("x", 0, "<=", 1, unit=" requests", digits=0, show=False))
+    assert "measured 1 of 4" in str(verdicts.check("x", 1, ">=", 4, unit=" of 4", digits=0, cause="c", show=False))
+    assert "measured 1 ms" in str(verdicts.check("x", 1, "<=", 2, unit=" ms", digits=0, show=False))
+    assert "measured 1.00 requests" in str(verdicts.check("x", 1, "<=", 2, unit=" requests", show=False))
+    assert "between 1 batch and 3 batches" in str(verdicts.within("x", 2, 1, 3, unit=" batches", digits=0, show=False))

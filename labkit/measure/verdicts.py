@@ -63,6 +63,14 @@ def _fmt(value: float, digits: int, unit: str) -> str:
     return f"{value:,.{digits}f}{unit}"
 
 
+def _counted(value: float, digits: int, unit: str) -> str:
+    """A count's unit in the singular when the printed count is exactly 1 (" replicas" → " replica"); other units as given."""
+    word = unit[1:]
+    if digits != 0 or round(float(value)) != 1 or not unit.startswith(" ") or len(word) < 4 or not word.isalpha() or not word.endswith("s"):
+        return unit
+    return " " + (word[:-2] if word.endswith(("sses", "ches", "shes", "xes")) else word[:-1])
+
+
 def _likely_cause(cause: str | None) -> str:
     if cause:
         return cause
@@ -78,7 +86,7 @@ def check(claim: str, value: float, op: str, bound: float, unit: str = "", digit
     compare, symbol = _OPS[op]
     shown, shown_bound = round(float(value), digits), round(float(bound), digits)
     held = value == value and compare(shown, shown_bound)  # NaN never holds
-    verdict = Verdict(claim, held, _fmt(value, digits, unit), f"{symbol} {_fmt(bound, digits, unit)}", None if held else _likely_cause(cause), shown=show)
+    verdict = Verdict(claim, held, _fmt(value, digits, _counted(value, digits, unit)), f"{symbol} {_fmt(bound, digits, _counted(bound, digits, unit))}", None if held else _likely_cause(cause), shown=show)
     if show:
         print(verdict)
     return verdict
@@ -90,8 +98,8 @@ def within(claim: str, value: float, low: float, high: float, unit: str = "", di
         raise BadInput(f"low ({low}) must not exceed high ({high})")
     shown = round(float(value), digits)
     held = value == value and round(low, digits) <= shown <= round(high, digits)
-    expected = f"between {_fmt(low, digits, unit)} and {_fmt(high, digits, unit)}"
-    verdict = Verdict(claim, held, _fmt(value, digits, unit), expected, None if held else _likely_cause(cause), shown=show)
+    expected = f"between {_fmt(low, digits, _counted(low, digits, unit))} and {_fmt(high, digits, _counted(high, digits, unit))}"
+    verdict = Verdict(claim, held, _fmt(value, digits, _counted(value, digits, unit)), expected, None if held else _likely_cause(cause), shown=show)
     if show:
         print(verdict)
     return verdict
