@@ -36,7 +36,8 @@ def check_bound(bound_per_s: float | None, stage_times_s: dict[str, float]) -> b
             problem = f"{value:.4g}/s is the sequential rate (1 / sum of the stages); a pipeline overlaps the stages"
         else:
             problem = f"{value:.4g}/s is not 1 / (slowest stage time) computed from these timings"
-    return verdict("bound from stage timings", bound_per_s, problem, hint, success=f"bound = {expected:.0f} items/s (scenes/s, with one scene per item).")
+    return verdict("bound from stage timings", bound_per_s, problem, hint, success=f"bound = {expected:.0f} items/s from the stage times you passed "
+                   "(§2's stage_s has one scene per item: this is §2's bound, in scenes/s).")
 
 
 def check_bottleneck_replica(stage: str | None, stage_times_s: dict[str, float], before: Any, after: Any) -> bool:
