@@ -174,6 +174,7 @@ def bars(values: Mapping[str, float], ax: Axes | None = None, ylabel: str = "", 
     yerr = [errors.get(n, 0.0) for n in names] if errors else None
     rects = ax.bar(names, heights, yerr=yerr, color=[STAGE_COLORS[i % len(STAGE_COLORS)] for i in range(len(names))])
     ax.bar_label(rects, labels=[fmt.format(h) for h in heights], fontsize="small")
+    ax.margins(y=0.12)  # headroom: the tallest bar's label stays inside the axes
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     # long names wrap onto short lines so neighbours never run into each other (the categories keep their names)
@@ -284,8 +285,13 @@ def with_spread(
     if log_y:
         from matplotlib.ticker import LogFormatter
 
+        class PlainLog(LogFormatter):  # plain numbers on every labelled tick: 6,000 and 20,000, not 6×10^3 next to 10000
+            def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+                return f"{x:,.0f}" if x >= 1 else f"{x:g}"
+
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+        ax.yaxis.set_major_formatter(PlainLog(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+        ax.yaxis.set_minor_formatter(PlainLog(labelOnlyBase=False))
     if integer_x:
         xs_all = sorted({x for points in series.values() for x in points})
         ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])

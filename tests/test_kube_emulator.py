@@ -197,3 +197,11 @@ def test_emulation_held_interval_and_cost_without_processes():
     expected = sum(a.replicas * (b.t_s - a.t_s) for a, b in zip(run.samples, run.samples[1:]))
     assert run.replica_seconds() == expected
     assert run.time_to(3, ready=False) == 15.0
+
+
+def test_reached_counts_a_jump_past_the_count():
+    """A jump 1 → 3 reaches 2 at the same sync; the later scale-down to 2 is not 'reaching' 2 (time_to asks for exactly 2)."""
+    run = _emulation_of(1, [1, 3, 3, 2] + [1] * 25)
+    assert run.time_to(2, ready=False) == 345.0  # exactly 2: the way down
+    assert run.reached_s(2, ready=False) == run.reached_s(3, ready=False) == 15.0
+    assert run.reached_s(4, ready=False) is None

@@ -27,6 +27,16 @@ def test_a_tick_only_when_the_printed_numbers_satisfy_the_printed_condition(valu
     assert str(v).startswith("✅" if holds else "⚠️")
 
 
+@given(st.floats(-1e-2, 1e-2, allow_nan=False), st.floats(0, 1e-3), st.sampled_from(["<=", ">"]), st.integers(4, 8))
+def test_tolerances_print_short_and_still_agree_with_the_tick(value: float, bound: float, op: str, digits: int) -> None:
+    v = verdicts.check("claim", value, op, bound, digits=digits, cause="test", show=False)
+    m = re.search(r"measured (\S+) \(expected (≤|>) (\S+)\)", str(v))
+    assert m, str(v)
+    shown, shown_bound = float(m[1]), float(m[3])
+    assert bool(v) == (shown <= shown_bound if m[2] == "≤" else shown > shown_bound)
+    assert str(verdicts.check("d", 0.0, "<=", 1e-5, digits=6, show=False)).endswith("measured 0 (expected ≤ 1e-5)")
+
+
 def test_failed_verdict_names_the_probe_cause_or_says_the_machine_was_idle(capsys: pytest.CaptureFixture[str]) -> None:
     busy = probe.ProbeReport(start_s=1e-3, end_s=2e-3, load_start=3.5, load_end=3.9, usable_cores=2, cpu_count=2)
     assert busy.busy() and "load average 3.9 on 2 usable cores" in (busy.cause() or "") and "2.00× slower" in (busy.cause() or "")
@@ -69,6 +79,7 @@ def test_sanity_guards_print_a_warning_and_exercises_refuse(capsys: pytest.Captu
     assert not guards.repeats_agree(timing.spread([1.0, 1.5])) and guards.repeats_agree(timing.spread([1.0, 1.2]))
     assert not guards.speedup_within_cores(15.81, cores=2) and guards.speedup_within_cores(1.9, cores=2)
     assert not guards.speedup_within_cores(2.5, workers=2, cores=8)
+    assert not guards.speedup_at_least_one(0.72, workers=2) and guards.speedup_at_least_one(1.4, workers=2)
     capsys.readouterr()
     msg = guards.refusal(bad, guards.Guard(True, ""))
     assert msg is not None and msg.startswith("not accepted") and "peak" in msg
@@ -85,6 +96,8 @@ def test_rounds_agree_prints_one_verdict(capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out
     assert not held and out.startswith("⚠️") and "worst: a" in out and "95 %" in out  # (2 - 1) / 1.05 of the median
     assert guards.rounds_agree({"a": timing.spread([1.0, 1.3])}, quiet=True) and capsys.readouterr().out == ""
+    assert not guards.rounds_agree({"1 replica": timing.spread([1.0, 2.0, 1.05], label="1")})  # the caller's name, not the label
+    assert "worst: 1 replica" in capsys.readouterr().out
     with pytest.raises(BadInput):
         guards.rounds_agree({})
 

@@ -130,6 +130,10 @@ class Emulation:
                 return s.t_s - after_s
         return None
 
+    def reached_s(self, replicas: int, ready: bool = True) -> float | None:
+        """Emulated seconds until at least ``replicas`` were (ready and) set for the first time, or None (a jump 1 → 3 reaches 2 too)."""
+        return next((s.t_s for s in self.samples if (s.ready if ready else s.replicas) >= replicas), None)
+
     def pod_start_s(self) -> list[float]:
         """Emulated seconds each replica started in this run took from start to ready."""
         started = {name: t for t, what, name in self.events if what == "started"}

@@ -5,6 +5,7 @@
     g = guards.repeats_agree(spread)                   # a repeat differs from its twin by > 30 %
     g = guards.rounds_agree(timing.compare(...))       # some variant's rounds differ by > 30 % of its median
     g = guards.speedup_within_cores(3.1, workers=4)    # more speedup than usable cores
+    g = guards.speedup_at_least_one(0.7, workers=2)    # 2 workers did less than one worker's work
     if not g: ...                                      # g.reason says why; g.line is the ⚠️ line
 
 Each guard prints its ⚠️ line (nothing when the number is sane, unless ``quiet=False``) and returns
@@ -25,7 +26,7 @@ from labkit.errors import BadInput
 from labkit.measure import probe, verdicts
 from labkit.measure.timing import STEADY_LIMIT, Spread
 
-__all__ = ["TWIN_LIMIT", "Guard", "fraction_of_peak", "peak_with_threads", "refusal", "repeats_agree", "rounds_agree", "speedup_within_cores"]
+__all__ = ["TWIN_LIMIT", "Guard", "fraction_of_peak", "peak_with_threads", "refusal", "repeats_agree", "rounds_agree", "speedup_at_least_one", "speedup_within_cores"]
 
 TWIN_LIMIT = 0.30  # a repeat more than 30 % away from its twin: the figure is noise, not a measurement
 THREAD_DROP_LIMIT = 0.10  # a peak more than 10 % lower with more threads: threads fought for cores
@@ -100,10 +101,11 @@ def rounds_agree(spreads: Mapping[Any, Spread], limit: float = STEADY_LIMIT, qui
     """
     if not spreads:
         raise BadInput("give at least one Spread (the result of timing.compare)")
-    worst = max(spreads.values(), key=lambda s: s.median_relative_spread)
+    name = max(spreads, key=lambda k: spreads[k].median_relative_spread)  # the caller's name for the variant
+    worst = spreads[name]
     spread = worst.median_relative_spread
-    why = f"the rounds of {worst.label} differ by {spread:.0%} of their median, so its median mixes fast and slow rounds{_unexplained()}"
-    claim = f"the {worst.n} interleaved rounds of each variant agree (worst: {worst.label})"
+    why = f"the rounds of {name} differ by {spread:.0%} of their median, so its median mixes fast and slow rounds{_unexplained()}"
+    claim = f"the {worst.n} interleaved rounds of each variant agree (worst: {name})"
     return _guard(claim, 100 * spread, "<=", 100 * limit, why, unit=" %", digits=0, quiet=quiet)
 
 
@@ -113,6 +115,13 @@ def speedup_within_cores(speedup: float, workers: int | None = None, cores: int 
     limit = min(cores, workers) if workers else cores
     why = f"{limit} {'workers' if workers and workers < cores else 'cores'} cannot do more than {limit}× the work of one, so the one-worker baseline was slowed (timed cold or while the machine was busy)"
     return _guard(f"speedup is at most {limit}× ({'workers' if workers and workers < cores else 'usable cores'})", speedup, "<=", float(limit), why, unit="×", quiet=quiet)
+
+
+def speedup_at_least_one(speedup: float, workers: int, quiet: bool = True) -> Guard:
+    """⚠️ when ``workers`` parallel workers did less than one worker's work: they did not get a core each."""
+    why = (f"{workers} workers did less work than one, so while they ran they did not get a core each "
+           f"(the one-worker figure was timed at another moment){_unexplained()}")
+    return _guard(f"{workers} workers do at least one worker's work", speedup, ">=", 1.0, why, unit="×", quiet=quiet)
 
 
 def refusal(*checks: Guard) -> str | None:

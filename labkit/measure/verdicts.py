@@ -57,6 +57,9 @@ class Verdict:
 
 
 def _fmt(value: float, digits: int, unit: str) -> str:
+    shown = round(float(value), digits)
+    if digits >= 4 and abs(shown) < 1:  # a tolerance (max |diff| ≤ 1e-5): the rounded figure, short ("0", "1e-5"), not 0.000010
+        return f"{shown:.{digits}g}".replace("e-0", "e-") + unit
     return f"{value:,.{digits}f}{unit}"
 
 
