@@ -573,6 +573,23 @@ class BoundCheck:
         run = self.run if i is None else self.runs[i]
         return {k: statistics.fmean(v) for k, v in run.timeline.by_stage().items()}
 
+    def shortfall(self, i: int | None = None) -> str:
+        """Run ``i``'s ratio (default: the median-ratio run) split into its two measured factors.
+
+        ratio = throughput × (slowest stage alone) / scenes per item = (share of the run the slowest
+        stage spent in a call) / (its time per call inside ÷ its time alone). The first factor is
+        below 1 when that stage waited (for its input, or for a core); the second is above 1 when its
+        calls ran slower inside the pipeline than alone. Shown in 01 §3.
+        """
+        i = self.index if i is None else i
+        alone_s = self.stage_runs[i]
+        slow = max(alone_s, key=lambda k: alone_s[k])
+        inside = self.inside_s(i)[slow]
+        busy = self.runs[i].throughput_per_s / self.scenes_per_item * inside
+        inflation = inside / alone_s[slow]
+        return (f"{slow} was in a call {busy:.0%} of the run, and a call took {inside * 1e3:.2f} ms inside against "
+                f"{alone_s[slow] * 1e3:.2f} ms alone ({inflation:.2f}×): {busy:.2f} / {inflation:.2f} = {busy / inflation:.2f}× of the bound")
+
 
 def against_bound(stages: Sequence[Stage], items: Sequence[Any], repeats: int = 3, queue_depth: int = QUEUE_DEPTH) -> BoundCheck:
     """Run the thread pipeline ``repeats`` times; time the stages alone before the first run and
