@@ -69,6 +69,7 @@ def check_bottleneck_replica(stage: str | None, stage_times_s: dict[str, float],
         if refused:
             print(f"⚠️ second replica for the bottleneck: {refused}")
             return False
-        how = "throughput rose" if ratio > 1.05 else "throughput did not rise: every core was already busy (compare the Gantt rows)"
+        how = "throughput rose" if ratio > 1.05 else ("throughput did not rise: a replica helps only while a core is idle "
+               "(compare the Gantt rows, and the probe line for other programs)")
         return verdict("second replica for the bottleneck", stage, None, hint, success=f"{how}, {ratio:.2f}× the single-replica run.")
     return verdict("second replica for the bottleneck", stage, problem, hint)
