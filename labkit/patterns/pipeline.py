@@ -587,8 +587,9 @@ class BoundCheck:
         inside = self.inside_s(i)[slow]
         busy = self.runs[i].throughput_per_s / self.scenes_per_item * inside
         inflation = inside / alone_s[slow]
+        faster = " (a call ran faster inside than alone: the machine's speed changed between the timings and the run)" if inflation < 0.9 else ""
         return (f"{slow} was in a call {busy:.0%} of the run, and a call took {inside * 1e3:.2f} ms inside against "
-                f"{alone_s[slow] * 1e3:.2f} ms alone ({inflation:.2f}×): {busy:.2f} / {inflation:.2f} = {busy / inflation:.2f}× of the bound")
+                f"{alone_s[slow] * 1e3:.2f} ms alone ({inflation:.2f}×): {busy:.2f} / {inflation:.2f} = {busy / inflation:.2f}× of the bound{faster}")
 
 
 def against_bound(stages: Sequence[Stage], items: Sequence[Any], repeats: int = 3, queue_depth: int = QUEUE_DEPTH) -> BoundCheck:
