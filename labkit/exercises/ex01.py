@@ -36,7 +36,8 @@ def check_bound(bound_per_s: float | None, stage_times_s: dict[str, float]) -> b
             problem = f"{value:.4g}/s is the sequential rate (1 / sum of the stages); a pipeline overlaps the stages"
         else:
             problem = f"{value:.4g}/s is not 1 / (slowest stage time) computed from these timings"
-    return verdict("bound from stage timings", bound_per_s, problem, hint, success=f"bound = {expected:.0f} items/s (scenes/s, with one scene per item).")
+    return verdict("bound from stage timings", bound_per_s, problem, hint, success=f"bound = {expected:.0f} items/s from the stage times you passed "
+                   "(§2's stage_s has one scene per item: this is §2's bound, in scenes/s).")
 
 
 def check_bottleneck_replica(stage: str | None, stage_times_s: dict[str, float], before: Any, after: Any) -> bool:
@@ -68,6 +69,7 @@ def check_bottleneck_replica(stage: str | None, stage_times_s: dict[str, float],
         if refused:
             print(f"⚠️ second replica for the bottleneck: {refused}")
             return False
-        how = "throughput rose" if ratio > 1.05 else "throughput did not rise: every core was already busy (compare the Gantt rows)"
+        how = "throughput rose" if ratio > 1.05 else ("throughput did not rise: a replica helps only while a core is idle "
+               "(compare the Gantt rows, and the probe line for other programs)")
         return verdict("second replica for the bottleneck", stage, None, hint, success=f"{how}, {ratio:.2f}× the single-replica run.")
     return verdict("second replica for the bottleneck", stage, problem, hint)

@@ -277,17 +277,19 @@ def pipeline_bound(stage_times_s: dict[str, float], replicas: dict[str, int] | N
     return 1.0 / max(t / reps.get(name, 1) for name, t in stage_times_s.items())
 
 
-def check_below_bound(throughputs: Mapping[str, float], bound_per_s: float, timed: str, unit: str = "scenes/s") -> bool:
+def check_below_bound(throughputs: Mapping[str, float], bound_per_s: float, timed: str, unit: str = "scenes/s",
+                      set_by: str = "its slowest stage") -> bool:
     """Print a ⚠️ line for each run faster than ``bound_per_s`` (from stage times taken ``timed``); True if none was.
 
     A bound holds for the stage times of one moment. A run at another moment, on a machine whose speed
-    changed, can beat it: then the slowest stage ran faster in that run than when it was timed.
+    changed, can beat it: then what sets the bound (``set_by``: the slowest stage, or for the sequential
+    bound all the stages) ran faster in that run than when it was timed.
     Shown in 01 §2, §4, §7, §8.
     """
     above = {name: v for name, v in throughputs.items() if v > bound_per_s}
     for name, v in above.items():
         print(f"⚠️ {name}: {v:,.0f} {unit} is above the bound {bound_per_s:,.0f} {unit} from the stage times of {timed}: "
-              "its slowest stage ran faster than when it was timed (the machine's speed changed between the two), "
+              f"{set_by} ran faster in the run than at the moment of timing (the machine's speed changed between the two), "
               "so judge it against a bound timed around it, as §3 does")
     return not above
 
@@ -516,12 +518,14 @@ def run_threads(stages: Sequence[Stage], items: Sequence[Any], queue_depth: int 
 class BoundCheck:
     """Thread pipeline runs measured against their own bound (stages timed alone around each run).
 
-    ``stage_s``: seconds per item of each stage alone (median over the runs of the before/after
-    mean); ``bounds_per_s`` and ``ratios``: per run, in scenes per second and run / bound.
+    Per run: ``stage_runs`` (seconds per item of each stage alone, the mean of the timings just
+    before and after it), ``bounds_per_s`` (scenes per second) and ``ratios`` (run / bound).
+    The headline figures (``run``, ``ratio``, ``throughput_per_s``, ``bound_per_s``, ``stage_s``,
+    ``inside_s``) all belong to one run, the median-ratio run, so ratio = throughput / bound as printed.
     """
 
     runs: list[PipelineRun]
-    stage_s: dict[str, float]
+    stage_runs: list[dict[str, float]]
     bounds_per_s: list[float]
     scenes_per_item: int
 
@@ -530,37 +534,69 @@ class BoundCheck:
         return [r.throughput_per_s / b for r, b in zip(self.runs, self.bounds_per_s)]
 
     @property
+    def index(self) -> int:
+        """Which run is the median-ratio run (of an even count, the better of the middle two)."""
+        order = sorted(range(len(self.runs)), key=lambda i: self.ratios[i])
+        return order[len(order) // 2]
+
+    @property
+    def run(self) -> PipelineRun:
+        """The run with the median ratio (for Gantt charts and latency)."""
+        return self.runs[self.index]
+
+    @property
     def ratio(self) -> float:
-        """Median over the runs of throughput / bound."""
-        return statistics.median(self.ratios)
+        """The median-ratio run's throughput / bound."""
+        return self.ratios[self.index]
 
     @property
     def throughput_per_s(self) -> float:
-        return statistics.median(r.throughput_per_s for r in self.runs)
+        """The median-ratio run's throughput (scenes per second)."""
+        return self.run.throughput_per_s
 
     @property
     def bound_per_s(self) -> float:
-        return statistics.median(self.bounds_per_s)
+        """The median-ratio run's bound (scenes per second), from the stage timings around it."""
+        return self.bounds_per_s[self.index]
+
+    @property
+    def stage_s(self) -> dict[str, float]:
+        """Seconds per item of each stage alone, timed around the median-ratio run."""
+        return self.stage_runs[self.index]
 
     @property
     def slowest(self) -> str:
         return max(self.stage_s, key=lambda k: self.stage_s[k])
 
-    @property
-    def run(self) -> PipelineRun:
-        """The run with the median ratio (for Gantt charts and latency)."""
-        order = sorted(range(len(self.runs)), key=lambda i: self.ratios[i])
-        return self.runs[order[len(order) // 2]]
+    def inside_s(self, i: int | None = None) -> dict[str, float]:
+        """Seconds per item of each stage inside run ``i`` (default: the median-ratio run; mean span)."""
+        run = self.run if i is None else self.runs[i]
+        return {k: statistics.fmean(v) for k, v in run.timeline.by_stage().items()}
 
-    def inside_s(self) -> dict[str, float]:
-        """Seconds per item of each stage inside the median run (mean span)."""
-        return {k: statistics.fmean(v) for k, v in self.run.timeline.by_stage().items()}
+    def shortfall(self, i: int | None = None) -> str:
+        """Run ``i``'s ratio (default: the median-ratio run) split into its two measured factors.
+
+        ratio = throughput × (slowest stage alone) / scenes per item = (share of the run the slowest
+        stage spent in a call) / (its time per call inside ÷ its time alone). The first factor is
+        below 1 when that stage waited (for its input, or for a core); the second is above 1 when its
+        calls ran slower inside the pipeline than alone. Shown in 01 §3.
+        """
+        i = self.index if i is None else i
+        alone_s = self.stage_runs[i]
+        slow = max(alone_s, key=lambda k: alone_s[k])
+        inside = self.inside_s(i)[slow]
+        busy = self.runs[i].throughput_per_s / self.scenes_per_item * inside
+        inflation = inside / alone_s[slow]
+        faster = " (a call ran faster inside than alone: the machine's speed changed between the timings and the run)" if inflation < 0.9 else ""
+        return (f"{slow} was in a call {busy:.0%} of the run, and a call took {inside * 1e3:.2f} ms inside against "
+                f"{alone_s[slow] * 1e3:.2f} ms alone ({inflation:.2f}×): {busy:.2f} / {inflation:.2f} = {busy / inflation:.2f}× of the bound{faster}")
 
 
 def against_bound(stages: Sequence[Stage], items: Sequence[Any], repeats: int = 3, queue_depth: int = QUEUE_DEPTH) -> BoundCheck:
     """Run the thread pipeline ``repeats`` times; time the stages alone before the first run and
     after every run (alone, run, alone, run, …) and judge each run against the mean of the timings
-    just before and after it. Throughput and bound are in scenes per second.
+    just before and after it. Throughput and bound are in scenes per second; the headline figures
+    are those of the median-ratio run (``BoundCheck``), so they agree with each other.
 
     Shown in 01.
     """
@@ -579,8 +615,7 @@ def against_bound(stages: Sequence[Stage], items: Sequence[Any], repeats: int = 
         stage_s = {k: (before[k] + after[k]) / 2 for k in before}
         stage_runs.append(stage_s)
         bounds.append(pipeline_bound(stage_s) * per_item)
-    median_stage_s = {k: statistics.median(s[k] for s in stage_runs) for k in stage_runs[0]}
-    return BoundCheck(runs, median_stage_s, bounds, per_item)
+    return BoundCheck(runs, stage_runs, bounds, per_item)
 
 
 # ---------------------------------------------------------------- processes
