@@ -25,6 +25,7 @@ __all__ = [
     "latency_vs_batch",
     "legend_outside",
     "over_time",
+    "plain_log_ticks",
     "replicas_over_time",
     "scaling",
     "throughput_vs",
@@ -33,6 +34,10 @@ __all__ = [
 
 BAR_LABEL_WIDTH = 12  # characters per line of a bar's name before it wraps
 BACKENDS = ("gloo", "nccl", "mpi", "ucc")  # process-group backends: not devices
+BAR_LABEL_GID = "labkit-bar-label"  # tags the value labels of ``bars`` so ``draw_spread`` can lift them above its error bars
+BAR_LABEL_GAP_PT = 2.0  # points between a bar's top (or its error bar's cap) and its value label
+MIN_HEADROOM = 0.08  # at least this share of the bars' range stays free above the highest label's anchor
+LAYOUT_SHRINK = 0.8  # the axes' height after the layout adds titles and tick labels, as a share of the height before it
 STAGE_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
 
 
@@ -167,31 +172,64 @@ def latency_cdf(latencies_s: Mapping[str, Sequence[float]], ax: Axes | None = No
 
 
 def bars(values: Mapping[str, float], ax: Axes | None = None, ylabel: str = "", title: str = "", fmt: str = "{:.1f}", errors: Mapping[str, float] | None = None) -> Axes:
-    """Labelled bars with their value printed on top."""
+    """Labelled bars with their value printed on top; the y axis ends on a tick above the highest label."""
     ax = _ax(ax, (max(4.0, 0.9 * len(values) + 2), 3.5))
     names = list(values)
     heights = [values[n] for n in names]
     yerr = [errors.get(n, 0.0) for n in names] if errors else None
     rects = ax.bar(names, heights, yerr=yerr, color=[STAGE_COLORS[i % len(STAGE_COLORS)] for i in range(len(names))])
-    ax.bar_label(rects, labels=[fmt.format(h) for h in heights], fontsize="small")
-    ax.margins(y=0.12)  # headroom: the tallest bar's label stays inside the axes
+    for label in ax.bar_label(rects, labels=[fmt.format(h) for h in heights], fontsize="small", padding=BAR_LABEL_GAP_PT):
+        label.set_gid(BAR_LABEL_GID)  # ``errors`` are drawn by matplotlib, which already puts the label above them
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     # long names wrap onto short lines so neighbours never run into each other (the categories keep their names)
     ax.set_xticks(range(len(names)), [textwrap.fill(n, BAR_LABEL_WIDTH) for n in names])
     ax.tick_params(axis="x", labelrotation=20 if len(names) > 4 else 0)
     ax.grid(axis="y", alpha=0.3)
+    _fit_bar_labels(ax)
     return ax
+
+
+def _fit_bar_labels(ax: Axes) -> None:
+    """Leave room for the highest value label inside the axes and end the y axis on a tick at or above it.
+
+    Sets the y margin (autoscaling stays on): the top is the highest label's anchor plus the label's
+    height, estimated from the figure size before the layout shrinks the axes, rounded up to the
+    next major tick, so the top tick is never below a bar and no label touches the top spine.
+    """
+    labels = [t for t in ax.texts if t.get_gid() == BAR_LABEL_GID]
+    low, high = ax.dataLim.y0, ax.dataLim.y1
+    anchor = max((t.xy[1] for t in labels), default=high)  # type: ignore[attr-defined]  # bar_label's labels are Annotations
+    if not labels or ax.get_yscale() != "linear" or not high > 0 or anchor > high or high <= low:
+        ax.margins(y=0.12)  # negative or log bars: matplotlib's own limits, with some headroom
+        return
+    axes_pt = ax.get_position().height * ax.get_figure().get_figheight() * 72 * LAYOUT_SHRINK  # type: ignore[union-attr]
+    label_pt = max(float(t.get_fontsize()) for t in labels) * 1.3 + BAR_LABEL_GAP_PT + 2
+    share = min(label_pt / max(axes_pt, 1.0), 0.5)  # of the axes' height, for the label above its anchor
+    need = high + (high - low) * max(share / (1 - share), MIN_HEADROOM)
+    ticks = [float(t) for t in ax.yaxis.get_major_locator().tick_values(min(low, 0.0), need) if t >= need]
+    ax.margins(y=((min(ticks) if ticks else need) - high) / (high - low))
 
 
 def draw_spread(ax: Axes, xs: Sequence[Any], medians: Sequence[float], lows: Sequence[float], highs: Sequence[float], color: str = "black") -> None:
     """Draw min–max error bars around each median on ``ax`` (a speedup, throughput or bar plot).
 
     ``lows`` / ``highs`` come from the Spreads of ``timing.compare`` (``.low``, ``.high``, or a
-    ratio's range from ``timing.ratio``). Used in 02, 04, 05.
+    ratio's range from ``timing.ratio``). On a ``bars`` plot, each bar's value label moves above
+    its error bar's top, and the y axis makes room for it. Used in 02, 04, 05.
     """
     yerr = [[m - lo for m, lo in zip(medians, lows)], [hi - m for m, hi in zip(medians, highs)]]
     ax.errorbar(list(xs), list(medians), yerr=yerr, fmt="none", ecolor=color, capsize=4, linewidth=1, zorder=3)
+    labels = [t for t in ax.texts if t.get_gid() == BAR_LABEL_GID]
+    if not labels:
+        return
+    for x, hi in zip(xs, highs):
+        at = float(ax.xaxis.convert_units(x))  # type: ignore[no-untyped-call]  # a bar's name or its position
+        for label in labels:
+            lx, ly = label.xy  # type: ignore[attr-defined]  # bar_label's labels are Annotations
+            if abs(lx - at) < 0.4 and hi > ly:  # this bar's label, under the error bar's cap
+                label.xy = (lx, hi)  # type: ignore[attr-defined]
+    _fit_bar_labels(ax)
 
 
 def over_time(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], ax: Axes | None = None, ylabel: str = "", title: str = "", step: bool = False) -> Axes:
@@ -227,24 +265,20 @@ def replicas_over_time(t_s: Sequence[float], replicas: Sequence[int], load: tupl
 
 
 def annotate_device(ax: Axes, device: Any, backend: str | None = None) -> None:
-    """Write the device (and the process-group backend, if any) above the plot's top-right corner.
+    """Write the device (and the process-group backend, if any) on its own line above the title, right-aligned.
 
     The note sits outside the axes, so it never covers a bar or a line, and a CPU run never passes
-    for a GPU one. A backend name given as ``device`` ("gloo", "nccl") is shown as the backend, with
-    the device it implies (gloo: cpu, nccl: cuda).
+    for a GPU one. It is placed when the figure is drawn, above the top of the title (set before or
+    after this call, one line or two), so a long centred title never runs into it. A backend name
+    given as ``device`` ("gloo", "nccl") is shown as the backend, with the device it implies
+    (gloo: cpu, nccl: cuda).
     """
     if backend is None and str(device) in BACKENDS:
         backend, device = str(device), "cuda" if str(device) == "nccl" else "cpu"
     note = f"device: {device}" + (f" · backend: {backend}" if backend else "")
-    text = ax.annotate(note, xy=(1.0, 1.0), xycoords="axes fraction", xytext=(0, 2), textcoords="offset points",
-                       ha="right", va="bottom", fontsize="x-small", color="grey")
-    title = ax.title
-    if title.get_text():  # a centred title wide enough to reach the note: lift the note above the title
-        renderer = ax.figure.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg and the inline backend have one
-        box, title_box = ax.get_window_extent(renderer), title.get_window_extent(renderer)
-        note_px = text.get_window_extent(renderer).width
-        if title_box.x1 > box.x1 - note_px - 4:
-            text.set_position((0, 4 + title_box.height * 72 / ax.figure.dpi + 6))
+    # x in axes fractions (its right edge), y at the top of the title's box, wherever the layout puts it
+    ax.annotate(note, xy=(1.0, 1.0), xycoords=("axes fraction", ax.title), xytext=(0, 1), textcoords="offset points",
+                ha="right", va="bottom", fontsize="x-small", color="grey")
 
 
 def legend_outside(ax: Axes, **kwargs: Any) -> None:
@@ -283,15 +317,8 @@ def with_spread(
     if log_x:
         ax.set_xscale("log", base=2)
     if log_y:
-        from matplotlib.ticker import LogFormatter
-
-        class PlainLog(LogFormatter):  # plain numbers on every labelled tick: 6,000 and 20,000, not 6×10^3 next to 10000
-            def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
-                return f"{x:,.0f}" if x >= 1 else f"{x:g}"
-
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(PlainLog(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
-        ax.yaxis.set_minor_formatter(PlainLog(labelOnlyBase=False))
+        plain_log_ticks(ax)
     if integer_x:
         xs_all = sorted({x for points in series.values() for x in points})
         ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
@@ -301,3 +328,35 @@ def with_spread(
     ax.grid(alpha=0.3)
     legend_outside(ax, title="median, IQR bars,\nmin–max band", title_fontsize="x-small")
     return ax
+
+
+def _plain_number(x: float) -> str:
+    """A tick's value as a plain number: 20,000 and 0.2, not 2×10^4 and 2×10^-1."""
+    return f"{x:,.0f}" if abs(x) >= 1 else f"{x:g}"
+
+
+def _log_tick_label(axis: Any, x: float) -> str:
+    """Label every decade; between them 2, 3, 4, 6 over up to 1.5 decades, 2 and 5 up to 3, every tick under half a decade."""
+    import math
+
+    lo, hi = sorted(abs(v) for v in axis.get_view_interval())
+    if not x > 0 or not lo > 0:
+        return _plain_number(x) if x > 0 else ""
+    lead = round(x / 10 ** math.floor(math.log10(x) + 1e-9), 6)  # 1 … 9.99
+    decades = math.log10(hi / lo)
+    between = (2, 3, 4, 6) if decades <= 1.5 else (2, 5) if decades <= 3 else ()
+    return _plain_number(x) if lead == 1 or decades < 0.5 or lead in between else ""
+
+
+def plain_log_ticks(ax: Axes, axis: str = "y") -> None:
+    """Label a base-10 log axis with plain numbers (200, 300, 1,000), enough of them to read the values off.
+
+    Call it after ``set_yscale("log")`` (a new scale resets the tick labels). Used by ``with_spread``
+    (00) and in 12.
+    """
+    from matplotlib.ticker import FuncFormatter
+
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    label = FuncFormatter(lambda x, _pos: _log_tick_label(target, x))
+    target.set_major_formatter(label)
+    target.set_minor_formatter(label)

@@ -240,3 +240,52 @@ def test_draw_spread_draws_min_max_bars_around_each_median() -> None:
     segments = [seg.tolist() for seg in bars.get_segments()]
     assert segments == [[[1.0, 1.0], [1.0, 4.0]], [[2.0, 2.5], [2.0, 3.5]]]
     plt.close(fig)
+
+
+def test_bar_labels_sit_above_the_error_bars_inside_the_axes_and_the_device_note_above_the_title() -> None:
+    """02 §3, 05 §4/§8: a value label struck through by its min–max bar; 01/02: the device note ran into the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from labkit import plots
+
+    fig, ax = plt.subplots(figsize=(4, 3.5), layout="constrained")
+    plots.bars({"images": 32.6, "range": 14.6}, ax=ax, title="A title long enough to reach the right edge of the axes", fmt="{:.0f}")
+    plots.draw_spread(ax, ["images", "range"], [32.6, 14.6], [29.0, 14.0], [34.0, 16.0])
+    plots.annotate_device(ax, "cpu")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    labels = [t for t in ax.texts if t.get_gid() == plots.BAR_LABEL_GID]
+    assert [t.get_text() for t in labels] == ["33", "15"]
+    for label, high in zip(labels, (34.0, 16.0)):
+        assert label.xy[1] >= high  # type: ignore[attr-defined]  # anchored at the error bar's top, drawn above it
+        box = label.get_window_extent(renderer)
+        assert box.y0 >= ax.transData.transform((0, high))[1]
+        assert box.y1 <= ax.get_window_extent(renderer).y1  # inside the axes: headroom
+    top, ticks = ax.get_ylim()[1], ax.get_yticks()
+    assert any(abs(t - top) < 1e-9 for t in ticks) and top > 34.0  # the axis ends on a tick above the data
+    (note,) = [t for t in ax.texts if t.get_text() == "device: cpu"]
+    assert note.get_window_extent(renderer).y0 >= ax.title.get_window_extent(renderer).y1  # its own line: never into the title
+    plt.close(fig)
+
+
+def test_plain_log_ticks_print_plain_numbers_between_the_decades() -> None:
+    """12 §5: a p99 axis read 2×10^2 … 10^3 and a throughput axis only 10^1 and 10^2."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from labkit import plots
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 16], [10.2, 68.0])
+    ax.axhline(190.0)
+    ax.set_yscale("log")
+    plots.plain_log_ticks(ax)
+    fig.canvas.draw()
+    shown = {t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels() if t.get_text()}
+    assert {"10", "20", "30", "60", "100"} <= shown and not any("10^" in t or "times" in t for t in shown)
+    plt.close(fig)

@@ -37,6 +37,18 @@ def test_tolerances_print_short_and_still_agree_with_the_tick(value: float, boun
     assert str(verdicts.check("d", 0.0, "<=", 1e-5, digits=6, show=False)).endswith("measured 0 (expected ≤ 1e-5)")
 
 
+def test_rounding_never_hides_a_failed_comparison() -> None:
+    """05 §4: 30.5 % against ≤ 30 % printed "30 % (expected ≤ 30 %)" with a ✅; more digits show it fails."""
+    assert str(verdicts.check("rounds agree", 30.5, "<=", 30, unit=" %", digits=0, cause="c", show=False)) == (
+        "⚠️ rounds agree — measured 30.5 % (expected ≤ 30.0 %): c")
+    assert str(verdicts.check("x", 29.6, "<=", 30, unit=" %", digits=0, show=False)) == "✅ x — measured 30 % (expected ≤ 30 %)"
+    assert str(verdicts.check("x", 0.54, ">", 0.5, digits=1, show=False)).endswith("measured 0.54 (expected > 0.50)")
+    assert not verdicts.check("x", 1.996, ">=", 2.0, cause="c", show=False)
+    line = str(verdicts.within("x", 1.5004, 0.67, 1.5, unit="×", cause="c", show=False))
+    assert "measured 1.5004× (expected between 0.6700× and 1.5000×)" in line and line.startswith("⚠️")
+    assert verdicts.check("x", 30.00001, "<=", 30, digits=0, show=False)  # past EXTRA_DIGITS: compared (and printed) as 30.000
+
+
 def test_failed_verdict_names_the_probe_cause_or_says_the_machine_was_idle(capsys: pytest.CaptureFixture[str]) -> None:
     busy = probe.ProbeReport(start_s=1e-3, end_s=2e-3, load_start=3.5, load_end=3.9, usable_cores=2, cpu_count=2)
     assert busy.busy() and "load average 3.9 on 2 usable cores" in (busy.cause() or "") and "2.00× slower" in (busy.cause() or "")

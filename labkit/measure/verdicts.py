@@ -4,7 +4,9 @@
     ✅ 2 processes beat 1 — measured 1.87× (expected ≥ 1.50×)
     ⚠️ 2 processes beat 1 — measured 1.12× (expected ≥ 1.50×): other programs used the CPU: load average 3.1 on 2 usable cores
 
-A ✅ is printed only when the printed (rounded) value satisfies the printed condition. A ⚠️ names
+A ✅ is printed only when the printed (rounded) value satisfies the printed condition; where rounding
+to ``digits`` would turn the comparison (30.5 % against ≤ 30 % printed as "30 % ≤ 30 %"), more digits
+are printed, up to ``EXTRA_DIGITS`` more, until the printed figures compare as the measured ones. A ⚠️ names
 its likely cause: the one given, else what the contention probe (``labkit.measure.probe``) saw,
 else that the machine looked idle. ``check`` returns the ``Verdict`` (truthy when it held), so a
 notebook can branch on it. ``within`` checks a two-sided range. Used in every notebook.
@@ -26,6 +28,7 @@ _OPS: dict[str, tuple[Callable[[float, float], bool], str]] = {
     ">": (operator.gt, ">"),
     "<": (operator.lt, "<"),
 }
+EXTRA_DIGITS = 3  # at most this many digits beyond the caller's, to show a comparison the rounding would hide
 IDLE_CAUSE = "the machine looked idle during the run, so the cause is in what was measured (see the text above)"
 
 
@@ -56,9 +59,9 @@ class Verdict:
         p.text(str(self))  # type: ignore[attr-defined]
 
 
-def _fmt(value: float, digits: int, unit: str) -> str:
+def _fmt(value: float, digits: int, unit: str, short: bool | None = None) -> str:
     shown = round(float(value), digits)
-    if digits >= 4 and abs(shown) < 1:  # a tolerance (max |diff| ≤ 1e-5): the rounded figure, short ("0", "1e-5"), not 0.000010
+    if (digits >= 4 if short is None else short) and abs(shown) < 1:  # a tolerance (max |diff| ≤ 1e-5): the rounded figure, short ("0", "1e-5"), not 0.000010
         return f"{shown:.{digits}g}".replace("e-0", "e-") + unit
     return f"{value:,.{digits}f}{unit}"
 
@@ -71,6 +74,19 @@ def _counted(value: float, digits: int, unit: str) -> str:
     return " " + (word[:-2] if word.endswith(("sses", "ches", "shes", "xes")) else word[:-1])
 
 
+def _precision(holds: Callable[[int | None], bool], digits: int) -> int:
+    """The fewest digits (from ``digits``) at which the rounded comparison agrees with the exact one (``holds(None)``)."""
+    exact = holds(None)
+    for d in range(digits, digits + EXTRA_DIGITS + 1):
+        if holds(d) == exact:
+            return d
+    return digits + EXTRA_DIGITS
+
+
+def _rounded(x: float, digits: int | None) -> float:
+    return float(x) if digits is None else round(float(x), digits)
+
+
 def _likely_cause(cause: str | None) -> str:
     if cause:
         return cause
@@ -80,13 +96,19 @@ def _likely_cause(cause: str | None) -> str:
 
 
 def check(claim: str, value: float, op: str, bound: float, unit: str = "", digits: int = 2, cause: str | None = None, show: bool = True) -> Verdict:
-    """Print and return the verdict on ``value <op> bound`` (the comparison uses the printed, rounded figures)."""
+    """Print and return the verdict on ``value <op> bound`` (the comparison uses the printed, rounded figures).
+
+    >>> str(check("rounds agree", 30.5, "<=", 30, unit=" %", digits=0, cause="busy", show=False))
+    '⚠️ rounds agree — measured 30.5 % (expected ≤ 30.0 %): busy'
+    """
     if op not in _OPS:
         raise BadInput(f"op must be one of {', '.join(_OPS)}, not {op!r}")
     compare, symbol = _OPS[op]
-    shown, shown_bound = round(float(value), digits), round(float(bound), digits)
-    held = value == value and compare(shown, shown_bound)  # NaN never holds
-    verdict = Verdict(claim, held, _fmt(value, digits, _counted(value, digits, unit)), f"{symbol} {_fmt(bound, digits, _counted(bound, digits, unit))}", None if held else _likely_cause(cause), shown=show)
+    short = digits >= 4  # the caller asked for a tolerance's short form
+    if value == value:  # NaN never holds (and needs no extra digits)
+        digits = _precision(lambda d: compare(_rounded(value, d), _rounded(bound, d)), digits)
+    held = value == value and compare(round(float(value), digits), round(float(bound), digits))
+    verdict = Verdict(claim, held, _fmt(value, digits, _counted(value, digits, unit), short), f"{symbol} {_fmt(bound, digits, _counted(bound, digits, unit), short)}", None if held else _likely_cause(cause), shown=show)
     if show:
         print(verdict)
     return verdict
@@ -96,10 +118,12 @@ def within(claim: str, value: float, low: float, high: float, unit: str = "", di
     """Print and return the verdict on ``low <= value <= high`` (compared as printed)."""
     if low > high:
         raise BadInput(f"low ({low}) must not exceed high ({high})")
-    shown = round(float(value), digits)
-    held = value == value and round(low, digits) <= shown <= round(high, digits)
-    expected = f"between {_fmt(low, digits, _counted(low, digits, unit))} and {_fmt(high, digits, _counted(high, digits, unit))}"
-    verdict = Verdict(claim, held, _fmt(value, digits, _counted(value, digits, unit)), expected, None if held else _likely_cause(cause), shown=show)
+    short = digits >= 4
+    if value == value:
+        digits = _precision(lambda d: _rounded(low, d) <= _rounded(value, d) <= _rounded(high, d), digits)
+    held = value == value and round(low, digits) <= round(float(value), digits) <= round(high, digits)
+    expected = f"between {_fmt(low, digits, _counted(low, digits, unit), short)} and {_fmt(high, digits, _counted(high, digits, unit), short)}"
+    verdict = Verdict(claim, held, _fmt(value, digits, _counted(value, digits, unit), short), expected, None if held else _likely_cause(cause), shown=show)
     if show:
         print(verdict)
     return verdict
