@@ -9,8 +9,9 @@ replicas, 60 s scale-down window):
 - **CPU HPA** (Resource cpu, 50 % of the request) — the targets:
   the replica count it settles at is within ±1 of ``ceil(rate · cpu per request / (request · target))``;
   p99 latency once the new replicas are ready is ≤ 2 × the single replica's unloaded p99;
-- **in-flight HPA** (Pods metric ``labkit_inflight_requests``, average value 1 per replica, read
-  from the replicas' own counters as a Prometheus adapter would) — reported beside it:
+- **in-flight HPA** (Pods metric ``labkit_inflight_requests``, its average value per replica computed
+  from the calibration so that the predicted replicas meet it at the step rate — ``Calibration.inflight_target``
+  — read from the replicas' own counters as a Prometheus adapter would) — reported beside it:
   replicas reached, p99, requests failed, replica-seconds; and the time to scale up and down.
 
 Used in 08 (the notebook runs the same comparison under a ramp).
@@ -26,13 +27,18 @@ from labkit.kube import emulator
 from labkit.kube.hpa import HPA, SYNC_PERIOD_S
 
 TARGET_UTILIZATION = 50
-INFLIGHT_TARGET = "1"  # requests in flight per replica (averageValue)
 MAX_REPLICAS = 3
 LOAD_FACTOR = 2.5  # the step asks for this many replicas' capacity at the CPU target
 MAX_RATE_PER_S = 40.0
 BEHAVIOR = {"scaleDown": {"stabilizationWindowSeconds": 60}}
 CPU_METRIC = {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": TARGET_UTILIZATION}}}
-INFLIGHT_METRIC = {"type": "Pods", "pods": {"metric": {"name": emulator.INFLIGHT_METRIC}, "target": {"type": "AverageValue", "averageValue": INFLIGHT_TARGET}}}
+
+
+def _inflight_metric(target_per_replica: float) -> dict[str, Any]:
+    """The in-flight HPA's metric, ``target_per_replica`` requests in flight per replica (averageValue, in milli)."""
+    value = f"{max(1, round(target_per_replica * 1000))}m"
+    return {"type": "Pods", "pods": {"metric": {"name": emulator.INFLIGHT_METRIC}, "target": {"type": "AverageValue", "averageValue": value}}}
+
 
 __all__ = ["run"]
 
@@ -63,6 +69,7 @@ def run(fast: bool = True) -> bench.Result:
         bar.update()
         rate = min(LOAD_FACTOR * cal.capacity_per_s(TARGET_UTILIZATION), MAX_RATE_PER_S)
         predicted = cal.predicted_replicas(rate, TARGET_UTILIZATION, 1, MAX_REPLICAS)
+        inflight_target = cal.inflight_target(rate, predicted)
         profile = [(step_s, rate), (down_s, 0.5)]
         bar.set_postfix_str(f"CPU HPA, step load {rate:.1f}/s")
         run_cpu = emulator.emulate(dep, HPA(1, MAX_REPLICAS, behavior=BEHAVIOR, metrics=[CPU_METRIC]), profile, body, time_scale=time_scale)
@@ -70,7 +77,7 @@ def run(fast: bool = True) -> bench.Result:
         bar.set_postfix_str("in-flight HPA, same load")
         dep.scale(1)
         dep.wait_ready()
-        run_inflight = emulator.emulate(dep, HPA(1, MAX_REPLICAS, behavior=BEHAVIOR, metrics=[INFLIGHT_METRIC]), profile, body, time_scale=time_scale)
+        run_inflight = emulator.emulate(dep, HPA(1, MAX_REPLICAS, behavior=BEHAVIOR, metrics=[_inflight_metric(inflight_target)]), profile, body, time_scale=time_scale)
         bar.update()
     bar.close()
     step_end = run_cpu.phase_end_s(0)
@@ -94,7 +101,7 @@ def run(fast: bool = True) -> bench.Result:
         "unloaded_p99_ms": round(cal.p99_s * 1e3, 1),
         "p99_after_scale_up_ms": round(p99_after * 1e3, 1),
         "cpu_hpa": run_cpu.summary() | {"lb": run_cpu.lb},
-        "inflight_hpa": run_inflight.summary() | {"lb": run_inflight.lb, "target_per_replica": INFLIGHT_TARGET},
+        "inflight_hpa": run_inflight.summary() | {"lb": run_inflight.lb, "target_per_replica": round(inflight_target, 3)},
         "time_scale": time_scale,
         "fast": fast,
         "strict": config.strict(),

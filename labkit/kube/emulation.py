@@ -216,6 +216,12 @@ class Calibration:
         need = math.ceil(round(rate_per_s / self.capacity_per_s(target_utilization), 6))
         return max(min_replicas, min(max_replicas, need))
 
+    def inflight_target(self, rate_per_s: float, replicas: int) -> float:
+        """An in-flight target per replica that ``replicas`` replicas meet at ``rate_per_s`` at the unloaded
+        latency: rate per replica × unloaded p50 (Little's law). One replica alone at that rate holds
+        ``replicas``× it, so an HPA on this target asks for about ``replicas`` (used in 08 and ``labkit bench hpa``)."""
+        return rate_per_s / replicas * self.p50_s
+
     def inflight_per_replica(self, rate_per_s: float, replicas: int) -> float:
         """Requests in flight per replica for ``rate_per_s`` over ``replicas`` (M/D/1 queue, Little's law):
         ρ + ρ² / (2 (1 − ρ)) with ρ = rate · CPU per request / replicas (inf at ρ ≥ 1)."""
