@@ -134,7 +134,7 @@ def test_the_load_reason_names_only_what_was_measured() -> None:
     crowded = probe.ProbeReport(1e-3, None, 1.0, 3.4, 2, 2, others_cores=0.2, own_cores=1.8, own_procs=4, others_start=0.1)
     cause = crowded.cause() or ""
     assert "load average 3.4 now" in cause and "4 processes it started were live at once (more than the 2 usable cores)" in cause
-    assert "its processes used 1.8 of the 2 cores on average so far" in cause
+    assert "(more than the 2 usable cores), and they used 1.8 of the 2 cores on average so far" in cause
 
 
 def test_the_start_line_reports_others_and_the_condition_it_checked() -> None:

@@ -226,10 +226,10 @@ class ProbeReport:
         if self.load_end is not None and self.own_procs is not None and self.own_procs > cores:
             own.append(f"{self.own_procs} processes it started were live at once (more than the {cores} usable cores)")
         if self.load_end is not None and self._high(self.own_cores, cores - OTHERS_LIMIT):
-            own.append(f"its processes used {self.own_cores:.1f} of the {cores} cores {self._span}")
+            own.append(f"they used {self.own_cores:.1f} of the {cores} cores {self._span}")
         if own:
-            return f"{on}, yet {others}{faster}: the load average counts this notebook's own processes too, and {' and '.join(own)}"
-        mine = "" if self.own_cores is None or self.load_end is None else f", and this notebook's processes {self.own_cores:.1f}"
+            return f"{on}, yet {others}{faster}: the load average counts this notebook's own processes too, and {', and '.join(own)}"
+        mine = "" if self.own_cores is None or self.load_end is None else f", and this notebook's processes {self.own_cores:.1f} cores"
         return (
             f"{on} (a 1-minute average of runnable threads: it lags), yet {others}{mine}{faster}: "
             "no measured program explains it; the causes to check are work that ended as this started "
