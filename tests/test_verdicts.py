@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -128,11 +129,38 @@ def test_a_high_load_average_is_not_blamed_on_others_when_they_measured_idle() -
     """Notebook 04 on a busy machine: load 3.6 at the start, others 0.0 cores, calibration faster at the end."""
     stale = probe.ProbeReport(1.5e-3, 1e-3, 3.6, 1.2, 2, 2, others_cores=0.0)
     cause = stale.cause() or ""
-    assert "other programs used the CPU" not in cause and "at the start" in cause and "only 0.0 cores" in cause
-    assert "1.50× slower than the end" in cause
-    own = probe.ProbeReport(1e-3, None, 1.0, 3.4, 2, 2, others_cores=0.2)
-    assert "load average 3.4 now" in (own.cause() or "") and "own processes" in (own.cause() or "")
-    assert "other programs used the CPU" in (probe.ProbeReport(1e-3, 1e-3, 3.6, 3.6, 2, 2, others_cores=1.1).cause() or "")
+    assert "other programs kept" not in cause and "at the start" in cause and "only 0.0 cores" in cause
+    assert "1.50× slower than the end" in cause and "no measured program explains it" in cause
+    busy = probe.ProbeReport(1e-3, 1e-3, 3.6, 3.6, 2, 2, others_cores=1.1).cause() or ""
+    assert busy.startswith("other programs kept 1.1 of the 2 usable cores busy") and "load average 3.6" in busy
+
+
+def test_the_load_reason_names_only_what_was_measured() -> None:
+    """03 c23: 2 ranks on 2 cores, others 0.4 on average, start calibration slower: not 'own processes outnumbered'."""
+    tp = probe.ProbeReport(1.39e-3, 1e-3, 1.5, 3.1, 2, 2, others_cores=0.4, own_cores=1.1, own_procs=2, others_start=1.3, others_end=0.1)
+    cause = tp.cause() or ""
+    assert "1.3 cores during the start calibration" in cause and "another program ran next to this notebook" in cause
+    assert "outnumber" not in cause and "own processes" not in cause
+    quiet = probe.ProbeReport(1.39e-3, 1e-3, 1.5, 3.1, 2, 2, others_cores=0.4, own_cores=1.1, own_procs=2, others_start=0.2, others_end=0.1)
+    assert "no measured program explains it" in (quiet.cause() or "") and "outnumber" not in (quiet.cause() or "")
+    crowded = probe.ProbeReport(1e-3, None, 1.0, 3.4, 2, 2, others_cores=0.2, own_cores=1.8, own_procs=4, others_start=0.1)
+    cause = crowded.cause() or ""
+    assert "load average 3.4 now" in cause and "4 processes it started were live at once (more than the 2 usable cores)" in cause
+    assert "(more than the 2 usable cores), and they used 1.8 of the 2 cores on average so far" in cause
+
+
+def test_the_start_line_reports_others_and_the_condition_it_checked() -> None:
+    start = probe.ProbeReport(1e-3, None, 3.7, None, 2, 2, others_cores=1.3, own_cores=0.2, own_procs=0)
+    assert (start.cause() or "").startswith("other programs kept 1.3 of the 2 usable cores busy during the start calibration")
+    lagging = probe.ProbeReport(1e-3, None, 3.7, None, 2, 2, others_cores=0.1, own_cores=0.2, own_procs=0)
+    assert "other programs used only 0.1 cores during the start calibration" in (lagging.cause() or "")
+    idle = probe.ProbeReport(1e-3, None, 2.2, None, 2, 2, others_cores=0.1).line()
+    assert idle.startswith("✅") and idle.endswith("(expected load average ≤ 2.5, other programs ≤ 0.5 cores)")
+    assert "calibration end/start ≤ 1.25×" in probe.ProbeReport(1e-3, 1e-3, 0.2, 0.2, 2, 2, others_cores=0.0).line()
+    assert probe.ProbeReport(1e-3, 1e-3, 0.2, 0.2, 2, 2, others_cores=0.54).line().startswith("✅")  # compared as printed: 0.5
+    p = probe.start()
+    assert p.report.others_cores is not None or not os.path.exists("/proc/stat")  # the start window is long enough to measure
+    p.finish()
 
 
 def test_without_a_probe_a_failed_verdict_still_reads_the_load_average(monkeypatch: pytest.MonkeyPatch) -> None:

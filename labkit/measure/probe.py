@@ -4,17 +4,21 @@
     ...                        # the measurements
     report = p.finish()        # the same calibration again
     print(report.line())       # one line: idle, or busy and why
-    report.cause()             # "another program used the CPU: load average 3.1 on 2 usable cores" or None
+    report.cause()             # "other programs kept 1.3 of the 2 usable cores busy ..." or None
 
 A fixed single-thread matmul is timed at the start and at the end (its best of a few short runs);
 if the end is markedly slower, or the load average exceeds the usable cores this process may
-use (``os.sched_getaffinity``), or other programs (not this process and its children) kept the
+use (``os.sched_getaffinity``), or other programs (not this process and its descendants) kept the
 usable cores busy (from ``/proc/stat`` on Linux: ``others_cores``, cores' worth of CPU time used by
 others since ``start()``), the report says the machine was busy, and verdicts that fail print that
-as their likely cause. A high load average alone is not blamed on other programs when
-``others_cores`` says they used little: the cause then names this notebook's own processes (or
-work that ended as it started). While a probe runs, ``last()`` refreshes the others' share (cheap: two file
-reads), so a verdict mid-notebook names what happened so far.
+as their likely cause. The start and the end calibration each sit in a window of at least
+``WINDOW_S`` over which the others' share is measured too (``others_start``, ``others_end``), so
+the start line reports what other programs used then, not just the load average.
+The load average counts every runnable thread, this notebook's own included, so it is never
+blamed on other programs by itself: a high one is explained by what was measured (other programs
+during a calibration window, this notebook's processes outnumbering the cores or keeping them
+busy), or reported as unexplained. While a probe runs, ``last()`` refreshes the shares (cheap:
+a few file reads), so a verdict mid-notebook names what happened so far.
 Used in every notebook's setup cell and by ``labkit bench``.
 """
 
@@ -33,6 +37,7 @@ CALIBRATION_RUNS = 5  # the best of these runs is the figure
 SLOWDOWN_LIMIT = 1.25  # end/start calibration time above this: the machine changed speed
 LOAD_MARGIN = 0.5  # load average above usable cores + this margin: more runnable work than cores, busy
 OTHERS_LIMIT = 0.5  # other programs using more than half a core on average: busy
+WINDOW_S = 0.5  # the start and end calibrations are padded to this window for the CPU shares (/proc/stat counts 10 ms ticks)
 
 _LAST: list[ProbeReport] = []
 _ACTIVE: list[Probe] = []
@@ -70,36 +75,53 @@ def _cpu_busy_s() -> tuple[float, float] | None:
         return None
 
 
-def _own_cpu_s() -> float:
-    """CPU seconds of this process, its waited-for children and its live descendants."""
+def _own_cpu_s() -> tuple[float, int]:
+    """CPU seconds of this process and all its descendants (live, or waited for), and how many descendants are live."""
     t = os.times()
-    own = t.user + t.system + t.children_user + t.children_system
+    own, n_procs = t.user + t.system + t.children_user + t.children_system, 0
     try:
         import psutil
 
         for child in psutil.Process().children(recursive=True):
             try:
-                c = child.cpu_times()
-                own += c.user + c.system
+                c = child.cpu_times()  # its children_* count the grandchildren it has already waited for
+                own += c.user + c.system + c.children_user + c.children_system
+                n_procs += 1
             except psutil.Error:
                 pass
     except ImportError:
         pass
-    return own
+    return own, n_procs
 
 
-def _snapshot() -> tuple[float, float, float] | None:
+@dataclass(frozen=True)
+class _Snapshot:
+    busy_s: float  # busy CPU seconds of the usable cores (everyone's)
+    wall_s: float
+    own_s: float  # CPU seconds of this process and its descendants
+    own_procs: int  # live descendants of this process (the processes it started, and theirs)
+
+
+def _snapshot() -> _Snapshot | None:
     busy = _cpu_busy_s()
-    return None if busy is None else (busy[0], busy[1], _own_cpu_s())
-
-
-def _others_cores(since: tuple[float, float, float] | None) -> float | None:
-    """Cores' worth of CPU that other programs used on the usable cores since the snapshot ``since``."""
-    now = _snapshot()
-    if since is None or now is None or now[1] - since[1] < 0.05:
+    if busy is None:
         return None
-    others = (now[0] - since[0]) - (now[2] - since[2])
-    return max(0.0, others / (now[1] - since[1]))
+    own, n_procs = _own_cpu_s()
+    return _Snapshot(busy[0], busy[1], own, n_procs)
+
+
+def _shares(since: _Snapshot | None, now: _Snapshot | None) -> tuple[float | None, float | None]:
+    """Cores' worth of CPU that (other programs, this notebook's processes) used between two snapshots."""
+    if since is None or now is None or now.wall_s - since.wall_s < 0.05:
+        return None, None
+    wall, own = now.wall_s - since.wall_s, now.own_s - since.own_s
+    return max(0.0, (now.busy_s - since.busy_s - own) / wall), max(0.0, own / wall)
+
+
+def _pad(since: _Snapshot | None) -> None:
+    """Sleep until ``WINDOW_S`` has passed since ``since``: a share over a few ticks is noise."""
+    if since is not None:
+        time.sleep(max(0.0, WINDOW_S - (time.monotonic() - since.wall_s)))
 
 
 def calibrate(size: int = CALIBRATION_SIZE, calls: int = CALIBRATION_CALLS, runs: int = CALIBRATION_RUNS) -> float:
@@ -134,6 +156,10 @@ class ProbeReport:
     usable_cores: int
     cpu_count: int
     others_cores: float | None = None  # cores' worth of CPU other programs used since the start
+    own_cores: float | None = None  # cores' worth of CPU this process and its descendants used since the start
+    own_procs: int | None = None  # the most processes this notebook started (live descendants) seen at once
+    others_start: float | None = None  # other programs' share during the start calibration's window
+    others_end: float | None = None  # other programs' share during the end calibration's window
 
     @property
     def slowdown(self) -> float | None:
@@ -146,43 +172,78 @@ class ProbeReport:
         return max(loads) if loads else None
 
     def busy(self) -> bool:
-        """True when the calibration slowed down or the load exceeded the usable cores."""
+        """True when the calibration slowed down, the load exceeded the usable cores, or other programs used a core's share."""
         return self.cause() is not None
+
+    @property
+    def _span(self) -> str:
+        """Over what the shares were measured: the start calibration's window, the run so far, or the whole run."""
+        if self.end_s is None:
+            return "during the start calibration" if self.load_end is None else "on average so far"
+        return "on average over the run"
+
+    def _high(self, value: float | None, limit: float, digits: int = 1) -> bool:
+        return value is not None and round(value, digits) > limit  # compared as printed, like a verdict
 
     def cause(self) -> str | None:
         """The likely cause of a disappointing figure, from what the probe measured; None if idle."""
         reasons = []
-        if self.max_load is not None and self.max_load > self.usable_cores + LOAD_MARGIN:
+        load_high = self._high(self.max_load, self.usable_cores + LOAD_MARGIN)
+        if self._high(self.others_cores, OTHERS_LIMIT):
+            load = f" (load average {self.max_load:.1f} on {self.usable_cores} usable cores)" if load_high else ""
+            reasons.append(f"other programs kept {self.others_cores:.1f} of the {self.usable_cores} usable cores busy {self._span}{load}")
+        elif load_high:
             reasons.append(self._load_reason())
-        if self.others_cores is not None and self.others_cores > OTHERS_LIMIT:
-            reasons.append(f"other programs kept {self.others_cores:.1f} of the {self.usable_cores} usable cores busy on average while this ran")
-        if self.slowdown is not None and self.slowdown > SLOWDOWN_LIMIT:
+        if self._high(self.slowdown, SLOWDOWN_LIMIT, 2):
             reasons.append(f"the machine slowed down during the run: calibration {self.slowdown:.2f}× slower at the end than at the start")
         return "; ".join(reasons) or None
 
     def _load_reason(self) -> str:
-        """Why the load average is high: other programs, unless the direct measurement says they used little."""
-        on = f"load average {self.max_load:.1f} on {self.usable_cores} usable cores"
-        if self.others_cores is None or self.others_cores > OTHERS_LIMIT:
-            return f"other programs used the CPU: {on}"
-        # /proc/stat says other programs used little: the load average (a lagging 1-minute count of
-        # runnable processes) then counts this notebook's own processes, or work that had just ended
-        others = f"other programs used only {self.others_cores:.1f} cores {'so far' if self.end_s is None else 'over the run'}"
+        """Why the load average is high when other programs used little on average: only what was measured."""
+        cores = self.usable_cores
+        high_end = self._high(self.load_end, cores + LOAD_MARGIN)
+        if self.load_end is None:  # the start report, or a glance: one load average
+            when = ""
+        elif high_end:
+            when = " now" if self.end_s is None else " at the end"
+        else:
+            when = " at the start"
+        if self.others_cores is None:  # no /proc/stat, or a glance: the load average alone, which counts this notebook's threads too
+            return f"load average {self.max_load:.1f} on {cores} usable cores (it counts every runnable thread, this notebook's own included; whose was not measured)"
+        on = f"load average {self.max_load:.1f}{when} on {cores} usable cores"
+        others = f"other programs used only {self.others_cores:.1f} cores {self._span}"
         faster = ""
         if self.slowdown is not None and self.slowdown < 1 / SLOWDOWN_LIMIT:
             faster = f", and the start calibration ran {1 / self.slowdown:.2f}× slower than the end (the machine was busier as this started)"
-        if self.load_end is not None and self.load_end > self.usable_cores + LOAD_MARGIN:
-            when = "now" if self.end_s is None else "at the end"
+        windows = [] if self.end_s is None and self.load_end is None else [("start", self.others_start), ("end", self.others_end)]
+        bursts = [f"{share:.1f} cores during the {name} calibration" for name, share in windows if self._high(share, OTHERS_LIMIT)]
+        if bursts:
             return (
-                f"load average {self.load_end:.1f} {when} on {self.usable_cores} usable cores, yet {others}{faster}: "
-                "the load average counts this notebook's own processes, so they likely outnumbered the cores "
-                "(workers or replicas next to this kernel)"
+                f"{on}: other programs used {' and '.join(bursts)}, though only {self.others_cores:.1f} cores {self._span}{faster}: "
+                "another program ran next to this notebook for part of the run"
             )
+        own = []
+        if self.load_end is not None and self.own_procs is not None and self.own_procs > cores:
+            own.append(f"{self.own_procs} processes it started were live at once (more than the {cores} usable cores)")
+        if self.load_end is not None and self._high(self.own_cores, cores - OTHERS_LIMIT):
+            own.append(f"they used {self.own_cores:.1f} of the {cores} cores {self._span}")
+        if own:
+            return f"{on}, yet {others}{faster}: the load average counts this notebook's own processes too, and {', and '.join(own)}"
+        mine = "" if self.own_cores is None or self.load_end is None else f", and this notebook's processes {self.own_cores:.1f} cores"
         return (
-            f"load average {self.max_load:.1f} at the start on {self.usable_cores} usable cores (a 1-minute average: it lags), "
-            f"yet {others}{faster}: likely work that ended as this started, "
-            "or this notebook's own processes outnumbering the cores"
+            f"{on} (a 1-minute average of runnable threads: it lags), yet {others}{mine}{faster}: "
+            "no measured program explains it; the causes to check are work that ended as this started "
+            "and short bursts of this notebook's own processes"
         )
+
+    def _condition(self) -> str:
+        """What 'idle enough' was checked against, as printed."""
+        checks = [] if self.max_load is None else [f"load average ≤ {self.usable_cores + LOAD_MARGIN:.1f}"]
+        if self.others_cores is not None:
+            checks.append(f"other programs ≤ {OTHERS_LIMIT:.1f} cores")
+        if self.slowdown is not None:
+            checks.append(f"calibration end/start ≤ {SLOWDOWN_LIMIT:.2f}×")
+        return ", ".join(checks) or "nothing measurable on this OS"
 
     def line(self) -> str:
         """One line for a notebook or a benchmark: idle or busy, with the figures."""
@@ -191,7 +252,9 @@ class ProbeReport:
         others = "" if self.others_cores is None else f", other programs {self.others_cores:.1f} cores"
         head = f"machine: {self.usable_cores} usable cores (of {self.cpu_count}), load average {load}{others}{speed}"
         cause = self.cause()
-        return f"⚠️ {head} — busy: {cause}; read this run's ratios with that in mind" if cause else f"✅ {head} — idle enough to measure"
+        if cause:
+            return f"⚠️ {head} — busy: {cause}; read this run's ratios with that in mind"
+        return f"✅ {head} — idle enough to measure (expected {self._condition()})"
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -205,21 +268,43 @@ class Probe:
     def __init__(self) -> None:
         self.since = _snapshot()
         self.start_s = calibrate()
+        _pad(self.since)
+        now = _snapshot()
+        self.others_start, own = _shares(self.since, now)
+        self.own_procs = None if now is None else now.own_procs
         self.load_start = load_average()
         self.finished = False
-        self.report = ProbeReport(self.start_s, None, self.load_start, None, usable_cores(), os.cpu_count() or 1, _others_cores(self.since))
+        self.report = self._report(None, None, self.others_start, own)
         _LAST[:] = [self.report]
         _ACTIVE[:] = [self]
 
+    def _report(self, end_s: float | None, load_end: float | None, others: float | None, own: float | None, others_end: float | None = None) -> ProbeReport:
+        start_only = load_end is None  # the start report: its shares are the start window's
+        return ProbeReport(
+            self.start_s, end_s, self.load_start, load_end, usable_cores(), os.cpu_count() or 1, others, own, self.own_procs,
+            None if start_only else self.others_start, others_end,
+        )
+
+    def _seen(self) -> tuple[float | None, float | None]:
+        """Others' and own shares since the start, counting this notebook's live processes on the way."""
+        now = _snapshot()
+        if now is not None:
+            self.own_procs = max(self.own_procs or 0, now.own_procs)
+        return _shares(self.since, now)
+
     def refresh(self) -> ProbeReport:
-        """The report so far: load average and others' CPU share up to now (no calibration)."""
+        """The report so far: load average and the CPU shares up to now (no calibration)."""
         if not self.finished:
-            load = load_average()
-            self.report = ProbeReport(self.start_s, None, self.load_start, load, usable_cores(), os.cpu_count() or 1, _others_cores(self.since))
+            self.report = self._report(None, load_average(), *self._seen())
         return self.report
 
     def finish(self) -> ProbeReport:
-        self.report = ProbeReport(self.start_s, calibrate(), self.load_start, load_average(), usable_cores(), os.cpu_count() or 1, _others_cores(self.since))
+        """Calibrate again (in its own window for the others' share) and return the whole run's report."""
+        mark = _snapshot()
+        end_s = calibrate()
+        _pad(mark)
+        others_end, _ = _shares(mark, _snapshot())
+        self.report = self._report(end_s, load_average(), *self._seen(), others_end=others_end)
         self.finished = True
         _LAST[:] = [self.report]
         return self.report

@@ -298,5 +298,6 @@ def describe() -> str:
     mode = "fast" if config.fast() else "full"
     return (
         f"labkit {info['labkit']} · python {info['python']} · torch {info['torch']} · device {info['device']}"
-        f" · {info['cores']} cores · {info['torch_threads']} torch threads · {mode} mode"
+        f" · {info['cores']} core{'' if info['cores'] == 1 else 's'}"
+        f" · {info['torch_threads']} torch thread{'' if info['torch_threads'] == 1 else 's'} · {mode} mode"
     )
