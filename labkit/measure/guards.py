@@ -89,8 +89,8 @@ def peak_with_threads(peaks: Mapping[int, float], quiet: bool = True) -> Guard:
 def repeats_agree(s: Spread, what: str = "", limit: float = TWIN_LIMIT, quiet: bool = True) -> Guard:
     """⚠️ when the most different repeat of ``s`` is more than ``limit`` (30 %) away from its twin."""
     name = what or s.label or "the figure"
-    why = f"the repeats of {name} disagree by {s.relative_spread:.0%}, so its median mixes fast and slow moments{_unexplained()}"
-    return _guard(f"repeats of {name} agree within {limit:.0%}", s.relative_spread * 100, "<=", limit * 100, why, unit=" %", digits=0, quiet=quiet)
+    why = f"the repeats of {name} disagree by {s.relative_spread:.0%}, so a figure drawn from them depends on the moment it was timed{_unexplained()}"
+    return _guard(f"repeats of {name} agree within {limit * 100:.0f} %", s.relative_spread * 100, "<=", limit * 100, why, unit=" %", digits=0, quiet=quiet)
 
 
 def rounds_agree(spreads: Mapping[Any, Spread], limit: float = STEADY_LIMIT, quiet: bool = False) -> Guard:

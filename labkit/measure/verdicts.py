@@ -2,7 +2,7 @@
 
     verdicts.check("2 processes beat 1", speedup, ">=", 1.5, unit="×")
     ✅ 2 processes beat 1 — measured 1.87× (expected ≥ 1.50×)
-    ⚠️ 2 processes beat 1 — measured 1.12× (expected ≥ 1.50×): other programs used the CPU: load average 3.1 on 2 usable cores
+    ⚠️ 2 processes beat 1 — measured 1.12× (expected ≥ 1.50×): other programs kept 1.3 of the 2 usable cores busy on average while this ran
 
 A ✅ is printed only when the printed (rounded) value satisfies the printed condition; where rounding
 to ``digits`` would turn the comparison (30.5 % against ≤ 30 % printed as "30 % ≤ 30 %"), more digits
@@ -29,7 +29,7 @@ _OPS: dict[str, tuple[Callable[[float, float], bool], str]] = {
     "<": (operator.lt, "<"),
 }
 EXTRA_DIGITS = 3  # at most this many digits beyond the caller's, to show a comparison the rounding would hide
-IDLE_CAUSE = "the machine looked idle during the run, so the cause is in what was measured (see the text above)"
+IDLE_CAUSE = "the machine looked idle during the run (the probe saw no other program), so the cause is in the measured work itself, not in the machine"
 
 
 @dataclass(frozen=True)
