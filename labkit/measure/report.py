@@ -272,10 +272,37 @@ def save(results: Sequence[OptionResult], tables: Mapping[str, Any], fig: Any = 
     return paths
 
 
+def _overlapping(real: Sequence[OptionResult], best: OptionResult, workload: str, concurrency: int, spread: str, lowest: bool) -> list[OptionResult]:
+    """The other real rows whose min–max over repeats reaches the winner's: this run does not tell them apart."""
+    b = best.at(workload, concurrency)[spread]
+    out = []
+    for r in real:
+        if r is best:
+            continue
+        o = r.at(workload, concurrency)[spread]
+        if (o["min"] <= b["max"]) if lowest else (o["max"] >= b["min"]):
+            out.append(r)
+    return out
+
+
+def _tie_note(best: OptionResult, ties: Sequence[OptionResult], workload: str, concurrency: int, spread: str, unit: str) -> str:
+    d = 1 if unit == " ms" else 0
+
+    def span(r: OptionResult) -> str:
+        s = r.at(workload, concurrency)[spread]
+        return f"{s['min']:.{d}f}–{s['max']:.{d}f}"
+
+    if not ties:
+        return f" (its repeats, {span(best)}{unit}, overlap no other real option's)"
+    return f" — but its repeats ({span(best)}{unit}) overlap those of " + ", ".join(f"{r.name} ({span(r)})" for r in ties) + ": this run does not separate them"
+
+
 def advice(results: Sequence[OptionResult], concurrency: int = 16, workloads: Sequence[str] = ("cnn", "wide")) -> list[str]:
     """'Which option when', one sentence per question an engineer asks, from both workloads, real rows only.
 
-    Emulated, stand-in and reference rows never win a question; they are named apart.
+    Emulated, stand-in and reference rows never win a question; they are named apart. A winner
+    whose min–max over repeats overlaps another real option's says so and names it (the run does
+    not separate them); a figure measured once (CPU per request, recovery) says it has no spread.
     """
     from labkit.measure.capstone import WORKLOADS
 
@@ -287,24 +314,29 @@ def advice(results: Sequence[OptionResult], concurrency: int = 16, workloads: Se
             out.append(f"{WORKLOADS[w]}: no real option was measured here, so there is nothing to advise.")
             continue
         low = min(real, key=lambda r: r.at(w, concurrency)["p99_ms"])
+        low_ties = _overlapping(real, low, w, concurrency, "p99_spread", lowest=True)
         per_cpu = {r.name: 1000 / max(r.at(w, concurrency)["server_cpu_s_per_1k"], 1e-9) for r in real if r.at(w, concurrency)["server_cpu_s_per_1k"] is not None}
         eff = max(per_cpu, key=per_cpu.__getitem__) if per_cpu else None  # external rows have no server CPU figure
         fast = max(real, key=lambda r: r.at(w, concurrency)["throughput_per_s"])
+        fast_ties = _overlapping(real, fast, w, concurrency, "throughput_spread", lowest=False)
         top = _ceiling(results, w, concurrency)
         share = f" ({fast.at(w, concurrency)['throughput_per_s'] / top:.0%} of the null-server ceiling, {top:.0f} req/s)" if top else ""
-        out.append(f"{WORKLOADS[w]} — lowest p99 @ {concurrency} clients: **{low.name}**, {low.at(w, concurrency)['p99_ms']:.1f} ms; "
-                   + (f"most requests per server CPU-second: **{eff}**, {per_cpu[eff]:.0f}; " if eff else "requests per server CPU-second: not measured (external rows only); ")
-                   + f"highest throughput: **{fast.name}**, {fast.at(w, concurrency)['throughput_per_s']:.0f} req/s{share}.")
+        out.append(f"{WORKLOADS[w]} — lowest p99 @ {concurrency} clients: **{low.name}**, {low.at(w, concurrency)['p99_ms']:.1f} ms"
+                   + _tie_note(low, low_ties, w, concurrency, "p99_spread", " ms") + "; "
+                   + (f"most requests per server CPU-second: **{eff}**, {per_cpu[eff]:.0f} (one figure per option, no spread); " if eff else "requests per server CPU-second: not measured (external rows only); ")
+                   + f"highest throughput: **{fast.name}**, {fast.at(w, concurrency)['throughput_per_s']:.0f} req/s{share}"
+                   + _tie_note(fast, fast_ties, w, concurrency, "throughput_spread", " req/s") + ".")
     healed = [r for r in results if r.kind == "real" and r.recovery.get("recovery_s") is not None]
     broken = [r.name for r in results if r.kind == "real" and r.recovery.get("recovered") is False]
     if healed:
         best = min(healed, key=lambda r: r.recovery["recovery_s"])
-        out.append(f"Fastest recovery after a worker was killed (CNN, @ {concurrency} clients): **{best.name}**, {best.recovery['recovery_s']:.1f} s, "
+        out.append(f"Fastest recovery after a worker was killed (CNN, @ {concurrency} clients; one kill per option, so no spread): **{best.name}**, {best.recovery['recovery_s']:.1f} s, "
                    f"{best.recovery['lost']} request(s) lost" + (f"; did not recover by itself: {', '.join(broken)}." if broken else "."))
     coded = [r for r in results if r.kind == "real" and r.available and r.loc]
     if coded:
         few = min(coded, key=lambda r: r.loc or 0)
-        out.append(f"Least code to deploy: **{few.name}**, {few.loc} lines.")
+        tied = [r.name for r in coded if r is not few and r.loc == few.loc]
+        out.append(f"Least code to deploy: **{few.name}**, {few.loc} lines" + (f" (as few: {', '.join(tied)})." if tied else "."))
     kube = [r for r in results if r.family == "Kubernetes" and r.loc]
     if kube:
         out.append(f"Kubernetes needs {min(r.loc or 0 for r in kube)} lines (deploy code + Dockerfile + manifests in deploy/); its rows are emulated, so they are left out of the ranking above.")
