@@ -315,6 +315,17 @@ def _tie_note(best: OptionResult, ties: Sequence[OptionResult], workload: str, c
     return f" — but its repeats ({span(best)}{unit}) overlap those of " + ", ".join(f"{r.name} ({span(r)})" for r in ties) + ": this run does not separate them"
 
 
+def _fastest_lossless(healed: Sequence[OptionResult], best: OptionResult) -> str:
+    """When the fastest recovery lost requests: the fastest one that lost none, if any did."""
+    if not best.recovery.get("lost"):
+        return ""
+    clean = [r for r in healed if r.recovery.get("lost") == 0]
+    if not clean:
+        return "; every option that recovered lost requests"
+    r = min(clean, key=lambda r: r.recovery["recovery_s"])
+    return f"; fastest with no request lost: **{r.name}**, {r.recovery['recovery_s']:.1f} s"
+
+
 def advice(results: Sequence[OptionResult], concurrency: int = 16, workloads: Sequence[str] = ("cnn", "wide")) -> list[str]:
     """'Which option when', one sentence per question an engineer asks, from both workloads, real rows only.
 
@@ -349,7 +360,7 @@ def advice(results: Sequence[OptionResult], concurrency: int = 16, workloads: Se
     if healed:
         best = min(healed, key=lambda r: r.recovery["recovery_s"])
         out.append(f"Fastest recovery after a worker was killed (CNN, @ {concurrency} clients; one kill per option, so no spread): **{best.name}**, {best.recovery['recovery_s']:.1f} s, "
-                   f"{best.recovery['lost']} request(s) lost" + (f"; did not recover by itself: {', '.join(broken)}." if broken else "."))
+                   f"{best.recovery['lost']} request(s) lost" + _fastest_lossless(healed, best) + (f"; did not recover by itself: {', '.join(broken)}." if broken else "."))
     coded = [r for r in results if r.kind == "real" and r.available and r.loc]
     if coded:
         few = min(coded, key=lambda r: r.loc or 0)
