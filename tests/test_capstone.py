@@ -251,6 +251,21 @@ def test_advice_answers_each_question_from_real_rows_only() -> None:
     assert "Kubernetes needs 160 lines" in joined and "Left out of every question above" in joined and options.TF_STAND_IN in joined
 
 
+def test_advice_says_when_the_winners_repeats_overlap() -> None:
+    results = _fake_results()
+    alone = report.advice(results, C)[0]
+    assert "overlap no other real option's" in alone and "does not separate" not in alone
+    ray = next(r for r in results if r.name == "Ray Serve")
+    ray.points["cnn"][C] = _point(290, 105)  # within the front's 270–330 req/s and 90–120 ms
+    close = report.advice(results, C)[0]
+    assert close.count("this run does not separate them") == 2 and "overlap those of Ray Serve (261–319)" in close, close
+    assert "Least code to deploy" in " ".join(report.advice(results, C))
+    front = next(r for r in results if r.name == "HTTP front + in-process model")
+    front.recovery = {"recovery_s": 0.2, "lost": 2, "recovered": True}  # faster than Ray Serve's 1.5 s, but it lost requests
+    healed = next(s for s in report.advice(results, C) if s.startswith("Fastest recovery"))
+    assert "**HTTP front + in-process model**, 0.2 s, 2 request(s) lost; fastest with no request lost: **Ray Serve**, 1.5 s" in healed, healed
+
+
 def test_exercise_checks() -> None:
     points = {"a": (100.0, 10.0), "b": (200.0, 20.0), "c": (150.0, 30.0)}
     assert ex14.check_pareto_front(None, points) is False

@@ -4,8 +4,8 @@ Everything here reads ``capstone.OptionResult``s (what ``capstone.run_option`` m
 measures. ``table`` sets the seed's opinion columns (each marked where this run cannot test it)
 next to the measured ones, every latency column at one fixed concurrency named in its header;
 ``plot_all`` draws, per workload, throughput with its spread, latency CDFs and throughput vs p99
-with the Pareto front of the real options (emulated, stand-in and reference rows drawn apart, in
-grey); ``save`` writes JSON, CSV and PNG; ``advice`` answers an engineer's questions from both
+(whiskers: min–max over repeats) with the Pareto front of the real options (emulated, stand-in and
+reference rows drawn apart, in grey; each real option one colour in every panel); ``save`` writes JSON, CSV and PNG; ``advice`` answers an engineer's questions from both
 workloads, real rows only. Used in 14 and ``labkit bench capstone``.
 """
 
@@ -201,16 +201,24 @@ def _real(results: Sequence[OptionResult], workload: str, concurrency: int) -> l
 def plot_all(results: Sequence[OptionResult], concurrency: int = 16, device: str = "cpu", workloads: Sequence[str] = ("cnn", "wide")) -> Any:
     """Per workload (one row each): throughput with its min–max, latency CDFs, throughput vs p99 + Pareto front.
 
-    Real options are coloured and form the front; emulated, stand-in and reference rows are grey,
-    hollow, labelled as such and left off the front.
+    Real options are coloured (one colour per option in every panel and row, never tab10's grey) and
+    form the front; emulated, stand-in and reference rows are grey (dashed, hollow), labelled as such
+    and left off the front. The throughput-vs-p99 points carry min–max whiskers on both axes.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     from labkit import plots
     from labkit.measure.capstone import WORKLOADS
 
-    fig, axes = plt.subplots(len(workloads), 3, figsize=(17, 5.2 * len(workloads)), layout="constrained", squeeze=False)
-    for row, w in zip(axes, workloads):
+    # one colour per real option, the same in every panel and row; tab10's grey (index 7) is left to the grey rows
+    palette = [plt.cm.tab10(i) for i in range(10) if i != 7]
+    real_colour = {r.name: palette[i % len(palette)] for i, r in enumerate(r for r in results if r.kind == "real")}
+    fig = plt.figure(figsize=(17, 5.4 * len(workloads)), layout="constrained")
+    subfigs = fig.subfigures(len(workloads), 1, squeeze=False)[:, 0]  # one per workload, its name as the row's title
+    for sub, w in zip(subfigs, workloads):
+        sub.suptitle(f"{WORKLOADS[w]} — each real option has one colour in all three panels", fontweight="bold")
+        row = sub.subplots(1, 3, width_ratios=[1.25, 1, 1])
         ok = [r for r in results if r.at(w, concurrency)]
         ax = row[0]
         names = [r.name for r in ok]
@@ -218,37 +226,47 @@ def plot_all(results: Sequence[OptionResult], concurrency: int = 16, device: str
         # the bar is the median of the rounds, pooled; on a round figure it can sit a hair outside min–max
         lo = [max(0.0, t - r.at(w, concurrency)["throughput_spread"]["min"]) for r, t in zip(ok, tps)]
         hi = [max(0.0, r.at(w, concurrency)["throughput_spread"]["max"] - t) for r, t in zip(ok, tps)]
-        colors = [plt.cm.tab10(i % 10) if r.kind == "real" else "lightgrey" for i, r in enumerate(ok)]
+        colors = [real_colour.get(r.name, "lightgrey") for r in ok]
         ax.barh(names, tps, xerr=[lo, hi], color=colors, edgecolor=["k" if r.kind == "real" else "grey" for r in ok], hatch=None)
-        for r, t, yy in zip(ok, tps, range(len(ok))):
-            ax.text(t, yy, f" {t:.0f}" + ("" if r.kind == "real" else f"  ({r.kind})"), va="center", fontsize="x-small")
+        for r, t, h, yy in zip(ok, tps, hi, range(len(ok))):
+            ax.text(t + h, yy, f" {t:.0f}" + ("" if r.kind == "real" else f"  ({r.kind})"), va="center", fontsize="x-small")
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize="x-small")
-        ax.set(xlabel=col("requests / s (median, bar: min–max)", concurrency), title=f"{WORKLOADS[w]}: throughput")
-        plots.latency_cdf({r.name + ("" if r.kind == "real" else f" [{r.kind}]"): r.latencies_s.get(w, []) for r in ok}, ax=row[1], title=f"{WORKLOADS[w]}: latency CDF @ {concurrency} clients")
-        row[1].legend(fontsize="xx-small")
+        ax.set(xlabel=col("requests / s (median, bar: min–max)", concurrency), title="throughput")
+        drawn = [r for r in ok if len(r.latencies_s.get(w, []))]
+        plots.latency_cdf({r.name + ("" if r.kind == "real" else f" [{r.kind}]"): r.latencies_s.get(w, []) for r in drawn}, ax=row[1], title=f"latency CDF @ {concurrency} clients")
+        for r, line in zip(drawn, row[1].get_lines()):  # the CDFs come first, in order: colour them like the bars
+            line.set(color=real_colour.get(r.name, "grey"), ls="-" if r.kind == "real" else "--")
+        row[1].legend(handles=[Line2D([], [], color="grey", ls="--", label="emulated, stand-in or reference")], fontsize="x-small", loc="lower right")
         ax = row[2]
         points: dict[str, tuple[float, float]] = {}
-        for i, r in enumerate(ok):
+        for r in ok:
             cs = sorted(r.points[w])
-            xs, ys = [r.points[w][c]["p99_ms"] for c in cs], [r.points[w][c]["throughput_per_s"] for c in cs]
+            pts = [r.points[w][c] for c in cs]
+            xs, ys = [p["p99_ms"] for p in pts], [p["throughput_per_s"] for p in pts]
+            # whiskers: the min–max over repeats on both axes (clipped at the median: a round figure can sit a hair outside)
+            xerr = [[max(0.0, x - p["p99_spread"]["min"]) for x, p in zip(xs, pts)], [max(0.0, p["p99_spread"]["max"] - x) for x, p in zip(xs, pts)]]
+            yerr = [[max(0.0, y - p["throughput_spread"]["min"]) for y, p in zip(ys, pts)], [max(0.0, p["throughput_spread"]["max"] - y) for y, p in zip(ys, pts)]]
             if r.kind == "real":
-                ax.plot(xs, ys, "o-", color=plt.cm.tab10(i % 10), label=r.name)
+                ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="o-", color=real_colour[r.name], elinewidth=0.8, label=r.name)
                 points.update({f"{r.name} @{c}": (yv, xv) for c, xv, yv in zip(cs, xs, ys)})
             else:
-                ax.plot(xs, ys, "o--", mfc="none", color="grey", label=f"{r.name} [{r.kind}, not on the front]")
+                ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="o--", mfc="none", color="grey", elinewidth=0.8, label=f"{r.name} [{r.kind}, not on the front]")
         front = pareto_front(points)
         if front:
             ax.plot([points[n][1] for n in front], [points[n][0] for n in front], "k:", lw=1.2, label="Pareto front (real options only)")
             ax.scatter([points[n][1] for n in front], [points[n][0] for n in front], s=140, facecolors="none", edgecolors="k")
         ax.set(xscale="log", yscale="log", xlabel=col("p99 ms (log)", concurrency) if len(ok) and len(ok[0].points[w]) == 1 else "p99 ms (log); one point per concurrency",
-               ylabel="requests / s (log)", title=f"{WORKLOADS[w]}: throughput vs p99")
-        ax.legend(fontsize="xx-small", loc="best")
+               ylabel="requests / s (log)", title="throughput vs p99 (whiskers: min–max)")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # a narrow log range labels its minor ticks, on top of each other
+        ax.legend(handles=[h for h, lab in zip(*ax.get_legend_handles_labels()) if lab.startswith("Pareto")]
+                  + [Line2D([], [], color="grey", ls="--", marker="o", mfc="none", label="emulated, stand-in or reference: not on the front")],
+                  fontsize="x-small", loc="upper left", bbox_to_anchor=(0.0, -0.12), frameon=False)  # under the axes: off the points
         ax.grid(alpha=0.3)
         missing = [r for r in results if not r.at(w, concurrency)]
         if missing:
             ax.annotate("not on this workload: " + "; ".join(f"{r.name} ({(r.reason or r.notes.get(w, 'not measured')).split(' — ')[0][:60]})" for r in missing),
-                        (0, -0.16), xycoords="axes fraction", fontsize="xx-small", color="dimgrey", wrap=True, va="top")
+                        (0, -0.30), xycoords="axes fraction", fontsize="xx-small", color="dimgrey", wrap=True, va="top")
         for a in row:
             plots.annotate_device(a, device)
     return fig
@@ -272,10 +290,48 @@ def save(results: Sequence[OptionResult], tables: Mapping[str, Any], fig: Any = 
     return paths
 
 
+def _overlapping(real: Sequence[OptionResult], best: OptionResult, workload: str, concurrency: int, spread: str, lowest: bool) -> list[OptionResult]:
+    """The other real rows whose min–max over repeats reaches the winner's: this run does not tell them apart."""
+    b = best.at(workload, concurrency)[spread]
+    out = []
+    for r in real:
+        if r is best:
+            continue
+        o = r.at(workload, concurrency)[spread]
+        if (o["min"] <= b["max"]) if lowest else (o["max"] >= b["min"]):
+            out.append(r)
+    return out
+
+
+def _tie_note(best: OptionResult, ties: Sequence[OptionResult], workload: str, concurrency: int, spread: str, unit: str) -> str:
+    d = 1 if unit == " ms" else 0
+
+    def span(r: OptionResult) -> str:
+        s = r.at(workload, concurrency)[spread]
+        return f"{s['min']:.{d}f}–{s['max']:.{d}f}"
+
+    if not ties:
+        return f" (its repeats, {span(best)}{unit}, overlap no other real option's)"
+    return f" — but its repeats ({span(best)}{unit}) overlap those of " + ", ".join(f"{r.name} ({span(r)})" for r in ties) + ": this run does not separate them"
+
+
+def _fastest_lossless(healed: Sequence[OptionResult], best: OptionResult) -> str:
+    """When the fastest recovery lost requests: the fastest one that lost none, if any did."""
+    if not best.recovery.get("lost"):
+        return ""
+    clean = [r for r in healed if r.recovery.get("lost") == 0]
+    if not clean:
+        return "; every option that recovered lost requests"
+    r = min(clean, key=lambda r: r.recovery["recovery_s"])
+    return f"; fastest with no request lost: **{r.name}**, {r.recovery['recovery_s']:.1f} s"
+
+
 def advice(results: Sequence[OptionResult], concurrency: int = 16, workloads: Sequence[str] = ("cnn", "wide")) -> list[str]:
     """'Which option when', one sentence per question an engineer asks, from both workloads, real rows only.
 
-    Emulated, stand-in and reference rows never win a question; they are named apart.
+    Emulated, stand-in and reference rows never win a question; they are named apart. A winner
+    whose min–max over repeats overlaps another real option's says so and names it (the run does
+    not separate them); a figure measured once (CPU per request, recovery) says it has no spread.
     """
     from labkit.measure.capstone import WORKLOADS
 
@@ -287,24 +343,29 @@ def advice(results: Sequence[OptionResult], concurrency: int = 16, workloads: Se
             out.append(f"{WORKLOADS[w]}: no real option was measured here, so there is nothing to advise.")
             continue
         low = min(real, key=lambda r: r.at(w, concurrency)["p99_ms"])
+        low_ties = _overlapping(real, low, w, concurrency, "p99_spread", lowest=True)
         per_cpu = {r.name: 1000 / max(r.at(w, concurrency)["server_cpu_s_per_1k"], 1e-9) for r in real if r.at(w, concurrency)["server_cpu_s_per_1k"] is not None}
         eff = max(per_cpu, key=per_cpu.__getitem__) if per_cpu else None  # external rows have no server CPU figure
         fast = max(real, key=lambda r: r.at(w, concurrency)["throughput_per_s"])
+        fast_ties = _overlapping(real, fast, w, concurrency, "throughput_spread", lowest=False)
         top = _ceiling(results, w, concurrency)
         share = f" ({fast.at(w, concurrency)['throughput_per_s'] / top:.0%} of the null-server ceiling, {top:.0f} req/s)" if top else ""
-        out.append(f"{WORKLOADS[w]} — lowest p99 @ {concurrency} clients: **{low.name}**, {low.at(w, concurrency)['p99_ms']:.1f} ms; "
-                   + (f"most requests per server CPU-second: **{eff}**, {per_cpu[eff]:.0f}; " if eff else "requests per server CPU-second: not measured (external rows only); ")
-                   + f"highest throughput: **{fast.name}**, {fast.at(w, concurrency)['throughput_per_s']:.0f} req/s{share}.")
+        out.append(f"{WORKLOADS[w]} — lowest p99 @ {concurrency} clients: **{low.name}**, {low.at(w, concurrency)['p99_ms']:.1f} ms"
+                   + _tie_note(low, low_ties, w, concurrency, "p99_spread", " ms") + "; "
+                   + (f"most requests per server CPU-second: **{eff}**, {per_cpu[eff]:.0f} (one figure per option, no spread); " if eff else "requests per server CPU-second: not measured (external rows only); ")
+                   + f"highest throughput: **{fast.name}**, {fast.at(w, concurrency)['throughput_per_s']:.0f} req/s{share}"
+                   + _tie_note(fast, fast_ties, w, concurrency, "throughput_spread", " req/s") + ".")
     healed = [r for r in results if r.kind == "real" and r.recovery.get("recovery_s") is not None]
     broken = [r.name for r in results if r.kind == "real" and r.recovery.get("recovered") is False]
     if healed:
         best = min(healed, key=lambda r: r.recovery["recovery_s"])
-        out.append(f"Fastest recovery after a worker was killed (CNN, @ {concurrency} clients): **{best.name}**, {best.recovery['recovery_s']:.1f} s, "
-                   f"{best.recovery['lost']} request(s) lost" + (f"; did not recover by itself: {', '.join(broken)}." if broken else "."))
+        out.append(f"Fastest recovery after a worker was killed (CNN, @ {concurrency} clients; one kill per option, so no spread): **{best.name}**, {best.recovery['recovery_s']:.1f} s, "
+                   f"{best.recovery['lost']} request(s) lost" + _fastest_lossless(healed, best) + (f"; did not recover by itself: {', '.join(broken)}." if broken else "."))
     coded = [r for r in results if r.kind == "real" and r.available and r.loc]
     if coded:
         few = min(coded, key=lambda r: r.loc or 0)
-        out.append(f"Least code to deploy: **{few.name}**, {few.loc} lines.")
+        tied = [r.name for r in coded if r is not few and r.loc == few.loc]
+        out.append(f"Least code to deploy: **{few.name}**, {few.loc} lines" + (f" (as few: {', '.join(tied)})." if tied else "."))
     kube = [r for r in results if r.family == "Kubernetes" and r.loc]
     if kube:
         out.append(f"Kubernetes needs {min(r.loc or 0 for r in kube)} lines (deploy code + Dockerfile + manifests in deploy/); its rows are emulated, so they are left out of the ranking above.")
