@@ -163,6 +163,7 @@ def latency_cdf(latencies_s: Mapping[str, Sequence[float]], ax: Axes | None = No
         ax.axhline(q, color="grey", lw=0.6, ls=":")
     if log:
         ax.set_xscale("log")
+        plain_log_ticks(ax, "x")
     ax.set_xlabel("latency (ms)")
     ax.set_ylabel("fraction of requests ≤ x")
     ax.set_title(title)
@@ -183,11 +184,24 @@ def bars(values: Mapping[str, float], ax: Axes | None = None, ylabel: str = "", 
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     # long names wrap onto short lines so neighbours never run into each other (the categories keep their names)
-    ax.set_xticks(range(len(names)), [textwrap.fill(n, BAR_LABEL_WIDTH) for n in names])
+    ax.set_xticks(range(len(names)), [_wrap_name(n) for n in names])
+    from matplotlib.ticker import FuncFormatter
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: _tick_number(y)))
     ax.tick_params(axis="x", labelrotation=20 if len(names) > 4 else 0)
     ax.grid(axis="y", alpha=0.3)
     _fit_bar_labels(ax)
     return ax
+
+
+def _wrap_name(name: str, width: int = BAR_LABEL_WIDTH) -> str:
+    """``name`` on lines of about ``width`` characters, broken at spaces or after underscores, never inside a word."""
+    return textwrap.fill(name.replace("_", "_ "), width, break_long_words=False).replace("_ ", "_")
+
+
+def _tick_number(y: float) -> str:
+    """A linear axis' tick: thousands separated (35,000, like the value labels), small values as they are (0.25)."""
+    return f"{y:,.0f}" if abs(y) >= 1000 and float(y).is_integer() else f"{y:g}"
 
 
 def _fit_bar_labels(ax: Axes) -> None:
