@@ -195,8 +195,12 @@ def bars(values: Mapping[str, float], ax: Axes | None = None, ylabel: str = "", 
 
 
 def _wrap_name(name: str, width: int = BAR_LABEL_WIDTH) -> str:
-    """``name`` on lines of about ``width`` characters, broken at spaces or after underscores, never inside a word."""
-    return textwrap.fill(name.replace("_", "_ "), width, break_long_words=False).replace("_ ", "_")
+    """``name`` on lines of about ``width`` characters, broken at spaces or after underscores, never inside a word.
+
+    Line breaks already in ``name`` are kept (05 wraps "submit +\\nas_completed" itself); only a longer line is broken.
+    """
+    return "\n".join(line if len(line) <= width else textwrap.fill(line.replace("_", "_ "), width, break_long_words=False).replace("_ ", "_")
+                     for line in name.split("\n"))
 
 
 def _tick_number(y: float) -> str:
