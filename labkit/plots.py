@@ -195,8 +195,12 @@ def bars(values: Mapping[str, float], ax: Axes | None = None, ylabel: str = "", 
 
 
 def _wrap_name(name: str, width: int = BAR_LABEL_WIDTH) -> str:
-    """``name`` on lines of about ``width`` characters, broken at spaces or after underscores, never inside a word."""
-    return textwrap.fill(name.replace("_", "_ "), width, break_long_words=False).replace("_ ", "_")
+    """``name`` on lines of about ``width`` characters, broken at spaces or after underscores, never inside a word.
+
+    Line breaks already in ``name`` are kept (05 wraps "submit +\\nas_completed" itself); only a longer line is broken.
+    """
+    return "\n".join(line if len(line) <= width else textwrap.fill(line.replace("_", "_ "), width, break_long_words=False).replace("_ ", "_")
+                     for line in name.split("\n"))
 
 
 def _tick_number(y: float) -> str:
@@ -262,8 +266,8 @@ def over_time(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], ax:
     return ax
 
 
-def replicas_over_time(t_s: Sequence[float], replicas: Sequence[int], load: tuple[Sequence[float], Sequence[float]] | None = None, ax: Axes | None = None, title: str = "Replicas over time") -> Axes:
-    """Replica count as a step line; offered load on a second axis when given as (t, load)."""
+def replicas_over_time(t_s: Sequence[float], replicas: Sequence[int], load: tuple[Sequence[float], Sequence[float]] | None = None, ax: Axes | None = None, title: str = "Replicas over time", load_label: str = "offered load") -> Axes:
+    """Replica count as a step line; offered load on a second axis when given as (t, load), named ``load_label`` (with its unit)."""
     ax = _ax(ax, (7, 3))
     ax.step(t_s, replicas, where="post", color="C0", label="replicas")
     ax.set_xlabel("time (s)")
@@ -272,7 +276,7 @@ def replicas_over_time(t_s: Sequence[float], replicas: Sequence[int], load: tupl
     if load is not None:
         right = ax.twinx()
         right.plot(load[0], load[1], color="C1", alpha=0.7, label="offered load")
-        right.set_ylabel("offered load", color="C1")
+        right.set_ylabel(load_label, color="C1")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     return ax

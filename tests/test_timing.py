@@ -271,6 +271,15 @@ def test_bar_labels_sit_above_the_error_bars_inside_the_axes_and_the_device_note
     plt.close(fig)
 
 
+def test_bar_names_wrap_at_spaces_or_underscores_and_keep_the_callers_line_breaks() -> None:
+    """05 §4: 'submit +\\nas_completed' came out as 'submit + as_ / completed'; 09: 'sweep_b32_d1 / 0' broke inside a word."""
+    from labkit import plots
+
+    assert plots._wrap_name("submit +\nas_completed") == "submit +\nas_completed"
+    assert plots._wrap_name("send the images") == "send the\nimages"
+    assert plots._wrap_name("sweep_b32_d1 / 0") == "sweep_b32_\nd1 / 0"
+
+
 def test_plain_log_ticks_print_plain_numbers_between_the_decades() -> None:
     """12 §5: a p99 axis read 2×10^2 … 10^3 and a throughput axis only 10^1 and 10^2."""
     import matplotlib
