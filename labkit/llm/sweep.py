@@ -120,7 +120,7 @@ def plot_sweep(sw: Sweep, axes: Any = None, title: str = "") -> Any:
         ax.set_ylabel(ylabel)
         ax.set_title(f"{name}{' · ' + title if title else ''}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+    axes[0].legend(fontsize="small")
     from matplotlib import ticker
 
     for ax in axes[1:]:  # log axes labelled in plain ms (0.5, 1, 2, 5 …), not 10^0 and 2×10^0
@@ -128,4 +128,7 @@ def plot_sweep(sw: Sweep, axes: Any = None, title: str = "") -> Any:
         ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi * (hi / lo) ** 0.5)  # the top third left empty: the legend sits above the lines, never on them
+        ax.legend(fontsize="small", ncols=2, loc="upper left")
     return axes

@@ -48,9 +48,14 @@ class Guard:
 
 
 def _unexplained() -> str:
-    """A note for a spread the probe cannot explain: it saw no other load and no slowdown so far."""
-    if probe.current().cause():
+    """A note for a spread the probe cannot explain: no other load on average and no slowdown so far."""
+    seen = probe.current()
+    if seen.cause():
         return ""
+    start = seen.others_start
+    if start is not None and round(start, 1) > probe.OTHERS_LIMIT:  # the start line said busy: do not deny it
+        return (f"; other programs used {start:.1f} cores during the start calibration but little on average so far, so the cause is not "
+                "known from this run (another program for part of it, this notebook's own processes, or the OS)")
     return "; the probe saw no other programs' load, so the cause is not known from this run (this notebook's own processes, or the OS)"
 
 

@@ -12,6 +12,7 @@ workloads, real rows only. Used in 14 and ``labkit bench capstone``.
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -258,14 +259,15 @@ def plot_all(results: Sequence[OptionResult], concurrency: int = 16, device: str
             ax.scatter([points[n][1] for n in front], [points[n][0] for n in front], s=140, facecolors="none", edgecolors="k")
         ax.set(xscale="log", yscale="log", xlabel=col("p99 ms (log)", concurrency) if len(ok) and len(ok[0].points[w]) == 1 else "p99 ms (log); one point per concurrency",
                ylabel="requests / s (log)", title="throughput vs p99 (whiskers: min–max)")
-        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # a narrow log range labels its minor ticks, on top of each other
+        plots.plain_log_ticks(ax, "x")  # plain ms and req/s (40, 60, 100, 200 …), not 10^2 alone: a value can be read off
+        plots.plain_log_ticks(ax, "y")
         ax.legend(handles=[h for h, lab in zip(*ax.get_legend_handles_labels()) if lab.startswith("Pareto")]
                   + [Line2D([], [], color="grey", ls="--", marker="o", mfc="none", label="emulated, stand-in or reference: not on the front")],
                   fontsize="x-small", loc="upper left", bbox_to_anchor=(0.0, -0.12), frameon=False)  # under the axes: off the points
         ax.grid(alpha=0.3)
         missing = [r for r in results if not r.at(w, concurrency)]
         if missing:
-            ax.annotate("not on this workload: " + "; ".join(f"{r.name} ({(r.reason or r.notes.get(w, 'not measured')).split(' — ')[0][:60]})" for r in missing),
+            ax.annotate("not on this workload: " + "; ".join(f"{r.name} ({textwrap.shorten((r.reason or r.notes.get(w, 'not measured')).split(' — ')[0], 60, placeholder=' …')})" for r in missing),
                         (0, -0.30), xycoords="axes fraction", fontsize="xx-small", color="dimgrey", wrap=True, va="top")
         for a in row:
             plots.annotate_device(a, device)
@@ -286,7 +288,7 @@ def save(results: Sequence[OptionResult], tables: Mapping[str, Any], fig: Any = 
         df.to_csv(paths[f"csv-{w}"])
     if fig is not None:
         paths["png"] = out / "capstone.png"
-        fig.savefig(paths["png"], dpi=100)
+        fig.savefig(paths["png"], dpi=100, bbox_inches="tight")  # the "not on this workload" note sits below the axes
     return paths
 
 
