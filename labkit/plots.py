@@ -187,7 +187,7 @@ def bars(values: Mapping[str, float], ax: Axes | None = None, ylabel: str = "", 
     ax.set_xticks(range(len(names)), [_wrap_name(n) for n in names])
     from matplotlib.ticker import FuncFormatter
 
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: _tick_number(y)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: _plain_number(y)))
     ax.tick_params(axis="x", labelrotation=20 if len(names) > 4 else 0)
     ax.grid(axis="y", alpha=0.3)
     _fit_bar_labels(ax)
@@ -201,11 +201,6 @@ def _wrap_name(name: str, width: int = BAR_LABEL_WIDTH) -> str:
     """
     return "\n".join(line if len(line) <= width else textwrap.fill(line.replace("_", "_ "), width, break_long_words=False).replace("_ ", "_")
                      for line in name.split("\n"))
-
-
-def _tick_number(y: float) -> str:
-    """A linear axis' tick: thousands separated (35,000, like the value labels), small values as they are (0.25)."""
-    return f"{y:,.0f}" if abs(y) >= 1000 and float(y).is_integer() else f"{y:g}"
 
 
 def _fit_bar_labels(ax: Axes) -> None:
@@ -349,8 +344,8 @@ def with_spread(
 
 
 def _plain_number(x: float) -> str:
-    """A tick's value as a plain number: 20,000 and 0.2, not 2×10^4 and 2×10^-1."""
-    return f"{x:,.0f}" if abs(x) >= 1 else f"{x:g}"
+    """A tick's value as a plain number: 20,000, 5, 2.5 and 0.2, not 2×10^4 or 35000 (linear bar axes and log axes)."""
+    return f"{x:,.0f}" if float(x).is_integer() or abs(x) >= 1000 else f"{x:g}"
 
 
 def _log_tick_label(axis: Any, x: float) -> str:
