@@ -9,7 +9,7 @@ which does nothing but decode the JSON, call the option and encode the answer::
 
 ``--backend``: ``null`` (no model at all: the same JSON in and out, the *null-server ceiling*),
 ``in-process`` (the model runs in the front's threads), ``pool`` (the recovering
-``ResilientPool`` of notebook 05), ``ray-tasks`` (one ``@ray.remote`` task per request, on a Ray
+``ResilientPool`` of notebook 05), ``ray-tasks`` (one ``@ray.remote`` task per request, spread over the nodes, on a Ray
 started by the front, or the cluster at ``RAY_ADDRESS``; its answers also say which Ray node
 computed them: ``"worker": "ray node head"``). Started by ``labkit.services.front``. Used in 14 and ``labkit bench capstone``.
 """
@@ -94,7 +94,9 @@ def create_app(backend: str = "null", n_workers: int = 2) -> Any:
             state["ray"] = ray_service.start(num_cpus=n_workers)  # retries a start that times out on a busy machine
             from labkit.apps import front  # by module name, not __main__: Ray then pickles the function by reference
 
-            state["task"] = ray.remote(num_cpus=1, max_retries=3)(front.classify_on_node)
+            # SPREAD: requests go round the nodes; Ray's default packs the driver's node first and, at low
+            # concurrency, never leaves it (a cluster run answered every request on the head)
+            state["task"] = ray.remote(num_cpus=1, max_retries=3, scheduling_strategy="SPREAD")(front.classify_on_node)
         elif backend == "in-process":
             await run_in_threadpool(classify, "cnn", np.zeros((1, 1, 8, 8), np.float32))
         yield
