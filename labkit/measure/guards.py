@@ -114,11 +114,21 @@ def rounds_agree(spreads: Mapping[Any, Spread], limit: float = STEADY_LIMIT, qui
     return _guard(claim, 100 * spread, "<=", 100 * limit, why, unit=" %", digits=0, quiet=quiet)
 
 
-def speedup_within_cores(speedup: float, workers: int | None = None, cores: int | None = None, quiet: bool = True) -> Guard:
-    """⚠️ when ``speedup`` exceeds the usable cores (or ``workers``, if fewer): the baseline ran slow."""
+def speedup_within_cores(speedup: float, workers: int | None = None, cores: int | None = None, quiet: bool = True,
+                         timed_apart: str | None = None) -> Guard:
+    """⚠️ when ``speedup`` exceeds the usable cores (or ``workers``, if fewer): the baseline ran slow.
+
+    ``timed_apart`` says where the baseline was timed when not beside this run (``"in section 4"``): the cause then names that.
+    """
     cores = probe.usable_cores() if cores is None else cores
     limit = min(cores, workers) if workers else cores
-    why = f"{limit} {'workers' if workers and workers < cores else 'cores'} cannot do more than {limit}× the work of one, so the one-worker baseline was slowed (timed cold or while the machine was busy)"
+    why = f"{limit} {'workers' if workers and workers < cores else 'cores'} cannot do more than {limit}× the work of one, so the one-worker baseline was slowed"
+    if timed_apart:
+        busy = probe.current().cause()
+        why += (f": it was timed {timed_apart}, not beside this run, and a machine's speed moves between moments"
+                + (f"; {busy}" if busy else " (no other program was measured: the speed itself moved)"))
+    else:
+        why += " (timed cold or while the machine was busy)"
     return _guard(f"speedup is at most {limit}× ({'workers' if workers and workers < cores else 'usable cores'})", speedup, "<=", float(limit), why, unit="×", quiet=quiet)
 
 
