@@ -128,7 +128,8 @@ def speedup_within_cores(speedup: float, workers: int | None = None, cores: int 
         why += (f": it was timed {timed_apart}, not beside this run, and a machine's speed moves between moments"
                 + (f"; {busy}" if busy else " (no other program was measured: the speed itself moved)"))
     else:
-        why += " (timed cold or while the machine was busy)"
+        busy = probe.current().cause()
+        why += f": {busy}" if busy else " (timed cold, or its speed moved: the probe saw no other program)"
     return _guard(f"speedup is at most {limit}× ({'workers' if workers and workers < cores else 'usable cores'})", speedup, "<=", float(limit), why, unit="×", quiet=quiet)
 
 
