@@ -123,12 +123,11 @@ def speedup_within_cores(speedup: float, workers: int | None = None, cores: int 
     cores = probe.usable_cores() if cores is None else cores
     limit = min(cores, workers) if workers else cores
     why = f"{limit} {'workers' if workers and workers < cores else 'cores'} cannot do more than {limit}× the work of one, so the one-worker baseline was slowed"
+    busy = probe.current().cause()
     if timed_apart:
-        busy = probe.current().cause()
         why += (f": it was timed {timed_apart}, not beside this run, and a machine's speed moves between moments"
                 + (f"; {busy}" if busy else " (no other program was measured: the speed itself moved)"))
     else:
-        busy = probe.current().cause()
         why += f": {busy}" if busy else " (timed cold, or its speed moved: the probe saw no other program)"
     return _guard(f"speedup is at most {limit}× ({'workers' if workers and workers < cores else 'usable cores'})", speedup, "<=", float(limit), why, unit="×", quiet=quiet)
 
