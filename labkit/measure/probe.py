@@ -25,6 +25,7 @@ Used in every notebook's setup cell and by ``labkit bench``.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -77,23 +78,44 @@ def _cpu_busy_s() -> tuple[float, float] | None:
         return None
 
 
+_Key = tuple[int, float]  # (pid, create time): a pid the OS reuses is another process
+_SEEN: dict[_Key, tuple[_Key | None, float, float]] = {}  # descendant -> (parent, own CPU s, waited children's CPU s), last seen
+_SEEN_LOCK = threading.Lock()
+SAMPLE_S = 1.0  # a started probe looks at the process tree this often, so a worker that lives a second is counted
+
+
+def _tree_cpu_s(key: _Key | None, live: set[_Key], waited_s: float) -> float:
+    """CPU seconds of ``key``'s descendants: live ones now, gone ones as last seen, or what it waited for if more."""
+    kids = [k for k, (parent, _, _) in _SEEN.items() if parent == key]
+    gone = sum(_SEEN[k][1] + _tree_cpu_s(k, live, _SEEN[k][2]) for k in kids if k not in live)
+    return max(waited_s, gone) + sum(_SEEN[k][1] + _tree_cpu_s(k, live, _SEEN[k][2]) for k in kids if k in live)
+
+
 def _own_cpu_s() -> tuple[float, int]:
-    """CPU seconds of this process and all its descendants (live, or waited for), and how many descendants are live."""
+    """CPU seconds of this process and all its descendants (live, waited for, or gone), and how many descendants are live.
+
+    A descendant that exits without an ancestor here waiting for it (a Ray worker, whose raylet does not add it
+    to its own children's CPU) would take its CPU out of the count and put it in other programs'; it counts
+    instead with the CPU it had when a snapshot last saw it. A parent that did wait is not counted twice: its
+    gone children count as the larger of what it waited for and what was last seen of them.
+    """
     t = os.times()
-    own, n_procs = t.user + t.system + t.children_user + t.children_system, 0
     try:
         import psutil
-
+    except ImportError:
+        return t.user + t.system + t.children_user + t.children_system, 0
+    me, live = os.getpid(), set[_Key]()
+    with _SEEN_LOCK:  # the probe's sampler thread walks the tree too
         for child in psutil.Process().children(recursive=True):
             try:
-                c = child.cpu_times()  # its children_* count the grandchildren it has already waited for
-                own += c.user + c.system + c.children_user + c.children_system
-                n_procs += 1
+                with child.oneshot():
+                    c, key, ppid = child.cpu_times(), (child.pid, child.create_time()), child.ppid()
+                parent = None if ppid == me else (ppid, psutil.Process(ppid).create_time())
             except psutil.Error:
-                pass
-    except ImportError:
-        pass
-    return own, n_procs
+                continue
+            _SEEN[key] = (parent, c.user + c.system, c.children_user + c.children_system)
+            live.add(key)
+        return t.user + t.system + _tree_cpu_s(None, live, t.children_user + t.children_system), len(live)
 
 
 @dataclass(frozen=True)
@@ -293,6 +315,7 @@ class Probe:
     """A started probe: ``finish()`` calibrates again and returns the report (also kept as ``last()``)."""
 
     def __init__(self) -> None:
+        self._done = threading.Event()
         self.since = _snapshot()
         self.start_s = calibrate()
         _pad(self.since)
@@ -303,7 +326,15 @@ class Probe:
         self.finished = False
         self.report = self._report(None, None, self.others_start, own)
         _LAST[:] = [self.report]
+        for old in _ACTIVE:
+            old._done.set()
         _ACTIVE[:] = [self]
+        threading.Thread(target=self._sample, name="labkit-probe", daemon=True).start()
+
+    def _sample(self) -> None:
+        """Look at the process tree every ``SAMPLE_S`` until finished, so short-lived descendants keep their CPU."""
+        while not self._done.wait(SAMPLE_S):
+            self.own_procs = max(self.own_procs or 0, _own_cpu_s()[1])
 
     def _report(self, end_s: float | None, load_end: float | None, others: float | None, own: float | None, others_end: float | None = None) -> ProbeReport:
         start_only = load_end is None  # the start report: its shares are the start window's
@@ -333,6 +364,7 @@ class Probe:
         others_end, _ = _shares(mark, _snapshot())
         self.report = self._report(end_s, load_average(), *self._seen(), others_end=others_end)
         self.finished = True
+        self._done.set()
         _LAST[:] = [self.report]
         return self.report
 
