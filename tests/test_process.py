@@ -66,6 +66,19 @@ def test_stop_reaches_grandchildren() -> None:
     assert all(_gone(pid) for pid in pids)
 
 
+BURNER = [sys.executable, "-c", "import time, subprocess, sys; subprocess.Popen([sys.executable, '-c', "
+          "'import time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.3: pass\\ntime.sleep(60)']); time.sleep(60)"]
+
+
+def test_stop_counts_the_cpu_of_orphans() -> None:
+    """A grandchild outliving its parent's SIGTERM is reaped by init: stop() adds its CPU for probe."""
+    before = process.orphaned_cpu_s()
+    proc = process.start("orphan-cpu", BURNER)
+    process.wait_until(lambda: len(proc.tree()) >= 2 and proc.tree()[1].cpu_times().user >= 0.25, 20, "grandchild burned its CPU")
+    proc.stop(timeout_s=5)
+    assert process.orphaned_cpu_s() - before >= 0.25
+
+
 def test_missing_executable_says_how_to_get_it() -> None:
     with pytest.raises(ServiceUnavailable, match="apt-get install -y nothing-here"):
         process.start("missing", ["definitely-not-a-binary-xyz"], install_hint="apt-get install -y nothing-here")

@@ -78,9 +78,11 @@ def _cpu_busy_s() -> tuple[float, float] | None:
 
 
 def _own_cpu_s() -> tuple[float, int]:
-    """CPU seconds of this process and all its descendants (live, or waited for), and how many descendants are live."""
+    """CPU seconds of this process and all its descendants (live, waited for, or orphaned by a stop), and how many descendants are live."""
+    from labkit.runtime import process
+
     t = os.times()
-    own, n_procs = t.user + t.system + t.children_user + t.children_system, 0
+    own, n_procs = t.user + t.system + t.children_user + t.children_system + process.orphaned_cpu_s(), 0
     try:
         import psutil
 
