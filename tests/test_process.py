@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from labkit.errors import BadInput, ServiceUnavailable
+from labkit.measure import probe
 from labkit.runtime import process
 
 SLEEPER = [sys.executable, "-c", "import time, subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"]
@@ -64,6 +65,20 @@ def test_stop_reaches_grandchildren() -> None:
     pids = [p.pid for p in proc.tree()]
     proc.stop(timeout_s=5)
     assert all(_gone(pid) for pid in pids)
+
+
+BURNER = [sys.executable, "-c", "import time, subprocess, sys; subprocess.Popen([sys.executable, '-c', "
+          "'import time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.8: pass\\ntime.sleep(60)']); time.sleep(60)"]
+
+
+def test_stop_keeps_the_cpu_of_orphans_as_own() -> None:
+    """A grandchild outliving its parent's SIGTERM is reaped by init: its CPU stays this process's in the probe."""
+    before, _ = probe._own_cpu_s()  # the probe has never seen the grandchild: only stop() can record it
+    proc = process.start("orphan-cpu", BURNER)
+    process.wait_until(lambda: len(proc.tree()) >= 2 and sum(proc.tree()[1].cpu_times()[:2]) >= 0.75, 20, "grandchild burned its CPU")
+    proc.stop(timeout_s=5)
+    after, _ = probe._own_cpu_s()
+    assert after - before >= 0.7, f"the orphan's 0.8 s of CPU left the count: {after - before:.2f} s counted"
 
 
 def test_missing_executable_says_how_to_get_it() -> None:

@@ -130,5 +130,7 @@ def plot_sweep(sw: Sweep, axes: Any = None, title: str = "") -> Any:
         ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         lo, hi = ax.get_ylim()
         ax.set_ylim(lo, hi * (hi / lo) ** 0.5)  # the top third left empty: the legend sits above the lines, never on them
+        if hi / lo < 10:  # under a decade 1-2-5 labels only two values (an idle 11: inter-token 1.3–4.5 ms read "2" and "5")
+            ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0)))
         ax.legend(fontsize="small", ncols=2, loc="upper left")
     return axes

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 from labkit import config
 from labkit.errors import BadInput, ServiceUnavailable
+from labkit.measure import probe
 
 __all__ = [
     "DEATH_SIGNAL",
@@ -228,6 +229,7 @@ class ManagedProcess:
         procs = self.tree()
         seen = {p.pid for p in procs}
         procs += [p for p in group_members(self.pid) if p.pid not in seen]  # reparented ones too
+        probe.remember(procs)  # with their parents, while they still have them
         if self.alive():
             try:
                 os.kill(self.pid, sig)
@@ -235,7 +237,9 @@ class ManagedProcess:
                 pass
         _, alive = psutil.wait_procs(procs[:1], timeout=timeout_s)
         # descendants that outlived their parent's shutdown get the same treatment
-        end_processes([p for p in procs[1:] if p.is_running()] + alive, sig, timeout_s=min(timeout_s, 3.0))
+        orphans = [p for p in procs[1:] if p.is_running()]
+        probe.remember(orphans)  # init reaps these: their CPU up to now stays this notebook's
+        end_processes(orphans + alive, sig, timeout_s=min(timeout_s, 3.0))
         try:
             self.popen.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
