@@ -366,9 +366,13 @@ class Probe:
         threading.Thread(target=self._sample, name="labkit-probe", daemon=True).start()
 
     def _sample(self) -> None:
-        """Look at the process tree every ``SAMPLE_S`` until finished, so short-lived descendants keep their CPU."""
+        """Look at the process tree every ``SAMPLE_S`` until finished, so short-lived descendants keep their CPU.
+
+        Only their CPU: the count of live processes stays the snapshots' (a Ray cluster's idle daemons, counted
+        every second, made 07's idle run read '17 processes live at once' and busy).
+        """
         while not self._done.wait(SAMPLE_S):
-            self.own_procs = max(self.own_procs or 0, _own_cpu_s()[1])
+            _own_cpu_s()
 
     def _report(self, end_s: float | None, load_end: float | None, others: float | None, own: float | None, others_end: float | None = None) -> ProbeReport:
         start_only = load_end is None  # the start report: its shares are the start window's
