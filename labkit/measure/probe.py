@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -110,8 +111,8 @@ def _own_cpu_s() -> tuple[float, int]:
 
     A descendant that exits without an ancestor here waiting for it (a Ray worker, whose raylet does not add it
     to its own children's CPU) would take its CPU out of the count and put it in other programs'; it counts
-    instead with the CPU it had when a snapshot last saw it. A parent that did wait is not counted twice: its
-    gone children count as the larger of what it waited for and what was last seen of them.
+    instead with the CPU it had when a snapshot last saw it. A parent that did wait is not counted twice
+    (``_tree_cpu_s`` says how).
     """
     t = os.times()
     try:
@@ -123,7 +124,7 @@ def _own_cpu_s() -> tuple[float, int]:
         return t.user + t.system + _tree_cpu_s(None, live, t.children_user + t.children_system), len(live)
 
 
-def _remember(procs: Any) -> set[_Key]:
+def _remember(procs: Iterable[Any]) -> set[_Key]:
     """Record each psutil process's CPU now under its (pid, create time), keeping a parent recorded earlier; returns their keys."""
     import psutil
 
@@ -141,7 +142,7 @@ def _remember(procs: Any) -> set[_Key]:
     return keys
 
 
-def remember(procs: Any) -> None:
+def remember(procs: Iterable[Any]) -> None:
     """Keep these descendants' CPU as this notebook's even once they are gone (``ManagedProcess.stop`` calls it on a tree before it ends it).
 
     A worker that outlives its parent's shutdown (LitServe's, once its front has exited) is reaped by init, out
