@@ -19,7 +19,7 @@ import pytest
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "00_setup_and_baselines.ipynb"
 # Cells kept, by what their source contains: the short, self-contained measuring part of 00.
 KEEP = ("config.pick(", "contention = probe.start()", "peaks = baseline.peak(", "give at least 3/4 of the ideal", "contention.finish()")
-TICK = re.compile(r"✅ .*? — measured (-?[\d,.]+)\S*.*? \(expected (≥|≤|>|<) (-?[\d,.]+)")
+TICK = re.compile(r"✅ .*? — measured (-?[\d,.]+)\S*.*? \(expected (≥|≤|>|<|=) (-?[\d,.]+)")
 BETWEEN = re.compile(r"✅ .*? — measured (-?[\d,.]+)\S*.*? \(expected between (-?[\d,.]+)\S* and (-?[\d,.]+)")
 PROBE_CAUSES = ("other programs", "slowed down")
 
@@ -69,5 +69,5 @@ def test_a_busy_core_is_named_and_no_tick_contradicts_its_numbers(tmp_path: Path
         m = TICK.search(line)
         assert m, f"a ✅ line that does not follow the verdict format: {line}"
         value, op, bound = float(m[1].replace(",", "")), m[2], float(m[3].replace(",", ""))
-        holds = {"≥": value >= bound, "≤": value <= bound, ">": value > bound, "<": value < bound}[op]
+        holds = {"≥": value >= bound, "≤": value <= bound, ">": value > bound, "<": value < bound, "=": value == bound}[op]
         assert holds, f"a ✅ whose printed numbers violate its printed condition: {line}"

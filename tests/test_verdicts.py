@@ -48,6 +48,9 @@ def test_rounding_never_hides_a_failed_comparison() -> None:
     line = str(verdicts.within("x", 1.5004, 0.67, 1.5, unit="×", cause="c", show=False))
     assert "measured 1.5004× (expected between 0.6700× and 1.5000×)" in line and line.startswith("⚠️")
     assert verdicts.check("x", 30.00001, "<=", 30, digits=0, show=False)  # past EXTRA_DIGITS: compared (and printed) as 30.000
+    assert str(verdicts.within("status", 400, 400, 400, digits=0, show=False)).endswith("measured 400 (expected = 400)")
+    wrong = verdicts.within("status", 422, 400, 400, digits=0, cause="c", show=False)
+    assert not wrong and "(expected = 400): c" in str(wrong)
 
 
 def test_failed_verdict_names_the_probe_cause_or_says_the_machine_was_idle(capsys: pytest.CaptureFixture[str]) -> None:

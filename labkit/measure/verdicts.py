@@ -122,7 +122,8 @@ def within(claim: str, value: float, low: float, high: float, unit: str = "", di
     if value == value:
         digits = _precision(lambda d: _rounded(low, d) <= _rounded(value, d) <= _rounded(high, d), digits)
     held = value == value and round(low, digits) <= round(float(value), digits) <= round(high, digits)
-    expected = f"between {_fmt(low, digits, _counted(low, digits, unit), short)} and {_fmt(high, digits, _counted(high, digits, unit), short)}"
+    low_s, high_s = (_fmt(b, digits, _counted(b, digits, unit), short) for b in (low, high))
+    expected = f"= {low_s}" if low_s == high_s else f"between {low_s} and {high_s}"  # an exact status reads "= 400"
     verdict = Verdict(claim, held, _fmt(value, digits, _counted(value, digits, unit), short), expected, None if held else _likely_cause(cause), shown=show)
     if show:
         print(verdict)
