@@ -368,9 +368,30 @@ def plain_log_ticks(ax: Axes, axis: str = "y") -> None:
     Call it after ``set_yscale("log")`` (a new scale resets the tick labels). Used by ``with_spread``
     (00) and in 12.
     """
+    import matplotlib as mpl
     from matplotlib.ticker import FuncFormatter
 
     target = ax.yaxis if axis == "y" else ax.xaxis
     label = FuncFormatter(lambda x, _pos: _log_tick_label(target, x))
     target.set_major_formatter(label)
     target.set_minor_formatter(label)
+    # a minor tick is shorter, so its label sat nearer the axis than a decade's ("50" a step above "100"): one baseline
+    rc = mpl.rcParams
+    offset = rc[f"{axis}tick.major.size"] + rc[f"{axis}tick.major.pad"]
+    target.set_tick_params(which="minor", pad=offset - rc[f"{axis}tick.minor.size"])
+
+
+def keep_end_labels_inside(ax: Axes, labels: Sequence[Any], gap_px: float = 4.0) -> None:
+    """Widen a horizontal bar chart's value axis until each label written after its bar ends inside the axes.
+
+    Call it after a draw (``fig.canvas.draw()``), when the layout and each label's width are final.
+    Used by the capstone's throughput panels (a 2,156 "(reference)" label ran past the edge).
+    """
+    box = ax.get_window_extent()
+    lo, hi = ax.get_xlim()
+    right = hi
+    for text in labels:
+        room = box.width - text.get_window_extent().width - gap_px  # pixels left for the data up to the label's anchor
+        if room > 0:
+            right = max(right, lo + (text.get_position()[0] - lo) * box.width / room)
+    ax.set_xlim(lo, right)

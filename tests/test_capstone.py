@@ -235,6 +235,11 @@ def test_tables_label_every_row_and_name_the_fixed_concurrency(tmp_path) -> None
     assert cnn.loc["Ray Serve", f"share of null-server ceiling @ {C} clients"] == pytest.approx(0.2)
     assert report.ceiling_shares(results, "cnn", C)["HTTP front + in-process model"] == pytest.approx(0.3)
     fig = report.plot_all(results, C)
+    fig.canvas.draw()
+    bars = [ax for ax in fig.get_axes() if ax.get_title() == "throughput"]
+    assert len(bars) == 2 and all(ax.texts for ax in bars)
+    for ax in bars:  # every value label, "(reference)" ones included, ends inside its panel
+        assert max(t.get_window_extent().x1 for t in ax.texts) <= ax.get_window_extent().x1, ax.texts
     paths = report.save(results, {"cnn": cnn, "wide": wide}, fig, folder=tmp_path)
     assert {p.suffix for p in paths.values()} == {".json", ".csv", ".png"} and "csv-wide" in paths
     saved = json.loads(paths["json"].read_text())

@@ -217,6 +217,7 @@ def plot_all(results: Sequence[OptionResult], concurrency: int = 16, device: str
     real_colour = {r.name: palette[i % len(palette)] for i, r in enumerate(r for r in results if r.kind == "real")}
     fig = plt.figure(figsize=(17, 5.4 * len(workloads)), layout="constrained")
     subfigs = fig.subfigures(len(workloads), 1, squeeze=False)[:, 0]  # one per workload, its name as the row's title
+    end_labels: list[tuple[Any, list[Any]]] = []  # each throughput panel's value labels, fitted once the layout is done
     for sub, w in zip(subfigs, workloads):
         sub.suptitle(f"{WORKLOADS[w]} — each real option has one colour in all three panels", fontweight="bold")
         row = sub.subplots(1, 3, width_ratios=[1.25, 1, 1])
@@ -229,8 +230,8 @@ def plot_all(results: Sequence[OptionResult], concurrency: int = 16, device: str
         hi = [max(0.0, r.at(w, concurrency)["throughput_spread"]["max"] - t) for r, t in zip(ok, tps)]
         colors = [real_colour.get(r.name, "lightgrey") for r in ok]
         ax.barh(names, tps, xerr=[lo, hi], color=colors, edgecolor=["k" if r.kind == "real" else "grey" for r in ok], hatch=None)
-        for r, t, h, yy in zip(ok, tps, hi, range(len(ok))):
-            ax.text(t + h, yy, f" {t:.0f}" + ("" if r.kind == "real" else f"  ({r.kind})"), va="center", fontsize="x-small")
+        end_labels.append((ax, [ax.text(t + h, yy, f" {t:.0f}" + ("" if r.kind == "real" else f"  ({r.kind})"), va="center", fontsize="x-small")
+                                for r, t, h, yy in zip(ok, tps, hi, range(len(ok)))]))
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize="x-small")
         ax.set(xlabel=col("requests / s (median, bar: min–max)", concurrency), title="throughput")
@@ -271,6 +272,9 @@ def plot_all(results: Sequence[OptionResult], concurrency: int = 16, device: str
                         (0, -0.30), xycoords="axes fraction", fontsize="xx-small", color="dimgrey", wrap=True, va="top")
         for a in row:
             plots.annotate_device(a, device)
+    fig.canvas.draw()  # the layout is final: each value label's width is known
+    for ax, labels in end_labels:
+        plots.keep_end_labels_inside(ax, labels)
     return fig
 
 
