@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Probe", "ProbeReport", "calibrate", "current", "glance", "last", "load_average", "start", "usable_cores"]
+__all__ = ["Probe", "ProbeReport", "calibrate", "current", "glance", "last", "load_average", "remember", "start", "usable_cores"]
 
 CALIBRATION_SIZE = 256  # matmul side: ~1 ms per call on one laptop core
 CALIBRATION_CALLS = 20  # calls per timed run
