@@ -21,6 +21,7 @@ __all__ = [
     "bars",
     "draw_spread",
     "gantt",
+    "keep_end_labels_inside",
     "latency_cdf",
     "latency_vs_batch",
     "legend_outside",
