@@ -54,8 +54,11 @@ def _ax(ax: Axes | None, figsize: tuple[float, float] = (7.5, 3.5)) -> Axes:
 def gantt(timeline: Timeline, ax: Axes | None = None, title: str = "Who did what when", max_spans: int = 2000) -> Axes:
     """Draw one row per worker and one bar per span, coloured by stage; time starts at 0."""
     spans = timeline.spans[:max_spans]
-    workers = sorted({s.worker for s in spans})
     stages = timeline.stages()
+    first_stage = {}  # each worker's first stage: a pipeline's rows read in stage order, parallel workers by name
+    for s in spans:
+        first_stage.setdefault(s.worker, stages.index(s.stage))
+    workers = sorted(first_stage, key=lambda w: (first_stage[w], w))
     color = {st: STAGE_COLORS[i % len(STAGE_COLORS)] for i, st in enumerate(stages)}
     t0 = timeline.start
     ax = _ax(ax, (8, 0.5 + 0.45 * max(len(workers), 2)))

@@ -56,7 +56,7 @@ def _unexplained() -> str:
     if start is not None and round(start, 1) > probe.OTHERS_LIMIT:  # the start line said busy: do not deny it
         return (f"; other programs used {start:.1f} cores during the start calibration but little on average so far, so the cause is not "
                 "known from this run (another program for part of it, this notebook's own processes, or the OS)")
-    return "; the probe saw no other programs' load, so the cause is not known from this run (this notebook's own processes, or the OS)"
+    return "; other programs stayed under the probe's limit, so the cause is not known from this run (this notebook's own processes, or the OS)"
 
 
 def _cause(why: str) -> str:
@@ -106,8 +106,9 @@ def rounds_agree(spreads: Mapping[Any, Spread], limit: float = STEADY_LIMIT, qui
     """
     if not spreads:
         raise BadInput("give at least one Spread (the result of timing.compare)")
-    name = max(spreads, key=lambda k: spreads[k].median_relative_spread)  # the caller's name for the variant
-    worst = spreads[name]
+    key = max(spreads, key=lambda k: spreads[k].median_relative_spread)  # the caller's name for the variant
+    worst = spreads[key]
+    name = ", ".join(map(str, key)) if isinstance(key, tuple) else key  # (3, "processes") reads "3, processes"
     spread = worst.median_relative_spread
     why = f"the rounds of {name} differ by {spread:.0%} of their median, so its median mixes fast and slow rounds{_unexplained()}"
     claim = f"the {worst.n} interleaved rounds of each variant agree (worst: {name})"
@@ -128,7 +129,7 @@ def speedup_within_cores(speedup: float, workers: int | None = None, cores: int 
         why += (f": it was timed {timed_apart}, not beside this run, and a machine's speed moves between moments"
                 + (f"; {busy}" if busy else " (no other program was measured: the speed itself moved)"))
     else:
-        why += f": {busy}" if busy else " (timed cold, or its speed moved: the probe saw no other program)"
+        why += f": {busy}" if busy else " (timed cold, or its speed moved: other programs stayed under the probe's limit)"
     return _guard(f"speedup is at most {limit}× ({'workers' if workers and workers < cores else 'usable cores'})", speedup, "<=", float(limit), why, unit="×", quiet=quiet)
 
 

@@ -29,7 +29,8 @@ _OPS: dict[str, tuple[Callable[[float, float], bool], str]] = {
     "<": (operator.lt, "<"),
 }
 EXTRA_DIGITS = 3  # at most this many digits beyond the caller's, to show a comparison the rounding would hide
-IDLE_CAUSE = "the machine looked idle during the run (the probe saw no other program), so the cause is in the measured work itself, not in the machine"
+IDLE_CAUSE = ("other programs stayed under the probe's limit and its calibration did not slow, so the machine's load does not explain it: "
+              "the cause is in this run's own work or its timing, and the figures above do not say which")
 
 
 @dataclass(frozen=True)

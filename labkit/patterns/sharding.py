@@ -595,15 +595,15 @@ class PipelineResult:
         return self.batch_size / self.gpipe_s[n_microbatches]
 
     def rows(self) -> list[dict[str, float]]:
-        """One row per M: seconds, sequences/s, measured and ideal speedup, their ratio."""
+        """One row per M: seconds, sequences/s, measured and ideal speedup, their ratio (unrounded: round where printed)."""
         return [
             {
                 "microbatches": m,
-                "seconds": round(self.gpipe_s[m], 4),
-                "seq_per_s": round(self.throughput_per_s(m), 1),
-                "speedup": round(self.speedup(m), 3),
-                "ideal": round(self.ideal(m), 3),
-                "of_ideal": round(self.speedup(m) / self.ideal(m), 3),
+                "seconds": self.gpipe_s[m],
+                "seq_per_s": self.throughput_per_s(m),
+                "speedup": self.speedup(m),
+                "ideal": self.ideal(m),
+                "of_ideal": self.speedup(m) / self.ideal(m),
             }
             for m in sorted(self.gpipe_s)
         ]

@@ -58,9 +58,9 @@ def tqdm(iterable: Any = None, **kwargs: Any) -> Any:
 
 
 def _final_text(b: Any) -> str:
-    """What a closed bar leaves: its last state, or nothing for a completed ``leave=False`` bar."""
+    """What a closed bar leaves: its last state at its average rate (n / elapsed, not tqdm's smoothed last one), or nothing for a completed ``leave=False`` bar."""
     completed = not b.total or b.n >= b.total
-    return "" if completed and b.leave is False else b.format_meter(**{**b.format_dict, "ncols": None})
+    return "" if completed and b.leave is False else b.format_meter(**{**b.format_dict, "ncols": None, "rate": None})
 
 
 @functools.cache

@@ -488,9 +488,7 @@ def batching_sweep(
 
     Returns a ``measure.batching.BatchingSweep``: per row the setting, concurrency, throughput,
     p50/p99, errors, and the batch sizes the server actually formed (every answer of the lab's
-    handler carries its batch's size). Shown in 09 §4.
-
-    Shown in 09 (dynamic batching).
+    handler carries its batch's size). Shown in 09 (dynamic batching).
     """
     from labkit.apps.wire import TorchServeCodec
     from labkit.measure import batching
