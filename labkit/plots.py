@@ -55,7 +55,7 @@ def gantt(timeline: Timeline, ax: Axes | None = None, title: str = "Who did what
     """Draw one row per worker and one bar per span, coloured by stage; time starts at 0."""
     spans = timeline.spans[:max_spans]
     stages = timeline.stages()
-    first_stage = {}  # each worker's first stage: a pipeline's rows read in stage order, parallel workers by name
+    first_stage: dict[str, int] = {}  # each worker's first stage: a pipeline's rows read in stage order, parallel workers by name
     for s in spans:
         first_stage.setdefault(s.worker, stages.index(s.stage))
     workers = sorted(first_stage, key=lambda w: (first_stage[w], w))
