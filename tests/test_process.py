@@ -134,17 +134,3 @@ def test_handle_external_stop_is_a_no_op() -> None:
     assert h.external and h.pid is None and h.alive()
     h.stop()
     assert "external" in h.logs()
-
-
-def test_a_chain_whose_every_parent_waited_is_counted_once(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Launcher → Java → workers, all gone, each reaped by its parent (09's TorchServe): the kernel's
-    children times already hold the whole chain (1 + 20 + 10 s), so own CPU is 31 s, not 61 s."""
-    from labkit.measure import probe as probe_module
-
-    launcher, java, worker = (1, 0.0), (2, 0.0), (3, 0.0)
-    seen = {launcher: (None, 1.0, 0.0), java: (launcher, 20.0, 10.0), worker: (java, 10.0, 0.0)}  # last seen: launcher before it waited
-    monkeypatch.setattr(probe_module, "_SEEN", seen)
-    assert probe_module._tree_cpu_s(None, set(), 31.0) == 31.0
-    # an orphan its parent never waited for (init reaped it) still counts: a server (1 s) and its worker (0.8 s)
-    monkeypatch.setattr(probe_module, "_SEEN", {launcher: (None, 1.0, 0.0), java: (launcher, 0.8, 0.0)})
-    assert abs(probe_module._tree_cpu_s(None, set(), 1.0) - 1.8) < 1e-9

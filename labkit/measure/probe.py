@@ -88,22 +88,22 @@ SAMPLE_S = 1.0  # a started probe looks at the process tree this often, so a wor
 def _tree_cpu_s(key: _Key | None, live: set[_Key], waited_s: float) -> float:
     """CPU seconds of ``key``'s descendants: live ones now, gone ones as last seen.
 
-    ``waited_s`` (its children_* times) already holds each gone child it waited for, with all that child
-    waited for in turn. The gone children's whole subtrees as last seen (each one's own CPU and, the same way,
-    its descendants', orphans included) count instead when they add up to more: a parent that did not wait,
-    like Ray's raylet, or a server whose workers init reaped, leaves ``waited_s`` short. Taking the larger of
-    the two at each level counts a chain whose every parent waited (launcher → Java → workers) once, not twice.
+    ``waited_s`` (its children_* times) already holds each gone child it waited for, with what that child
+    waited for in turn; it counts when larger than the gone children's own last sight (a parent that did not
+    wait, like Ray's raylet, leaves it short). Beyond that, a gone child's descendants that it never waited
+    for (orphans, killed after it) add what was last seen of them.
     """
     kids = [k for k, (parent, _, _) in _SEEN.items() if parent == key]
-    live_s, gone_s = 0.0, 0.0
+    total, gone_direct = 0.0, 0.0
     for k in kids:
         own_s, kid_waited_s = _SEEN[k][1], _SEEN[k][2]
-        subtree_s = own_s + _tree_cpu_s(k, live, kid_waited_s)
+        below = _tree_cpu_s(k, live, kid_waited_s)
         if k in live:
-            live_s += subtree_s
+            total += own_s + below
         else:
-            gone_s += subtree_s
-    return live_s + max(waited_s, gone_s)
+            gone_direct += own_s + kid_waited_s
+            total += below - kid_waited_s  # what the kid's own waits could not have recorded
+    return total + max(waited_s, gone_direct)
 
 
 def _own_cpu_s() -> tuple[float, int]:
