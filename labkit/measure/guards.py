@@ -60,8 +60,7 @@ def _unexplained() -> str:
 
 
 def _cause(why: str) -> str:
-    seen = probe.current().cause()
-    return f"{why}; {seen}" if seen else why
+    return verdicts.with_probe_cause(why)
 
 
 def _guard(claim: str, value: float, op: str, bound: float, why: str, unit: str = "", digits: int = 2, quiet: bool = True) -> Guard:

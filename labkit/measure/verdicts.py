@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from labkit.errors import BadInput
 
-__all__ = ["Verdict", "check", "within"]
+__all__ = ["Verdict", "check", "with_probe_cause", "within"]
 
 _OPS: dict[str, tuple[Callable[[float, float], bool], str]] = {
     ">=": (operator.ge, "≥"),
@@ -86,6 +86,14 @@ def _precision(holds: Callable[[int | None], bool], digits: int) -> int:
 
 def _rounded(x: float, digits: int | None) -> float:
     return float(x) if digits is None else round(float(x), digits)
+
+
+def with_probe_cause(why: str) -> str:
+    """``why``, followed by what the contention probe saw when it calls the machine busy (a computed cause keeps the probe's)."""
+    from labkit.measure import probe
+
+    seen = probe.current().cause()
+    return f"{why}; {seen}" if seen else why
 
 
 def _likely_cause(cause: str | None) -> str:
