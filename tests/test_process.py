@@ -134,3 +134,23 @@ def test_handle_external_stop_is_a_no_op() -> None:
     assert h.external and h.pid is None and h.alive()
     h.stop()
     assert "external" in h.logs()
+
+
+def test_a_chain_whose_every_parent_waited_is_counted_once(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Launcher → Java → workers, all gone, each reaped by its parent (09's TorchServe): the kernel's
+    children times already hold the whole chain (1 + 20 + 10 s), so it counts 31 s, not 61 s."""
+    launcher, java, worker = (1, 0.0), (2, 0.0), (3, 0.0)
+    seen = {launcher: probe._Seen(None, 1.0, 0.0, False),  # last seen before it waited for Java
+            java: probe._Seen(launcher, 20.0, 10.0, False), worker: probe._Seen(java, 10.0, 0.0, False)}
+    monkeypatch.setattr(probe, "_SEEN", seen)
+    assert probe._tree_cpu_s(None, set(), 31.0) == 31.0
+
+
+def test_an_orphan_counts_beside_earlier_waited_children(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A server (1 s) is waited for after 5 s of other children; its worker (0.8 s), orphaned and reaped by init, adds its own."""
+    server, worker = (1, 0.0), (2, 0.0)
+    monkeypatch.setattr(probe, "_SEEN", {server: probe._Seen(None, 1.0, 0.0, False), worker: probe._Seen(server, 0.8, 0.0, True)})
+    assert abs(probe._tree_cpu_s(None, set(), 6.0) - 6.8) < 1e-9
+    # the same worker still live, not yet orphaned: counted as live, once
+    monkeypatch.setattr(probe, "_SEEN", {server: probe._Seen(None, 1.0, 0.0, False), worker: probe._Seen(server, 0.8, 0.0, False)})
+    assert abs(probe._tree_cpu_s(None, {server, worker}, 5.0) - 6.8) < 1e-9

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["Probe", "ProbeReport", "calibrate", "current", "glance", "last", "load_average", "remember", "start", "usable_cores"]
 
@@ -80,30 +80,55 @@ def _cpu_busy_s() -> tuple[float, float] | None:
 
 
 _Key = tuple[int, float]  # (pid, create time): a pid the OS reuses is another process
-_SEEN: dict[_Key, tuple[_Key | None, float, float]] = {}  # descendant -> (parent, own CPU s, waited children's CPU s), last seen
+
+
+class _Seen(NamedTuple):
+    """A descendant as last seen."""
+
+    parent: _Key | None  # None: a child of this process
+    own_s: float  # its own CPU seconds
+    waited_s: float  # its waited-for children's CPU seconds (the kernel's children times)
+    orphan: bool  # seen with another parent since (init took it over): its parent never waits for it
+
+
+_SEEN: dict[_Key, _Seen] = {}
 _SEEN_LOCK = threading.Lock()
 SAMPLE_S = 1.0  # a started probe looks at the process tree this often, so a worker that lives a second is counted
 
 
-def _tree_cpu_s(key: _Key | None, live: set[_Key], waited_s: float) -> float:
-    """CPU seconds of ``key``'s descendants: live ones now, gone ones as last seen.
+def _subtree_cpu_s(key: _Key, live: set[_Key]) -> tuple[float, float]:
+    """(what ``key``'s parent's children times hold once it waits for ``key``, ``key``'s whole subtree), in CPU seconds."""
+    seen = _SEEN[key]
+    waited_s, unwaited_s = _below_cpu_s(key, live, seen.waited_s)
+    return seen.own_s + waited_s, seen.own_s + waited_s + unwaited_s
 
-    ``waited_s`` (its children_* times) already holds each gone child it waited for, with what that child
-    waited for in turn; it counts when larger than the gone children's own last sight (a parent that did not
-    wait, like Ray's raylet, leaves it short). Beyond that, a gone child's descendants that it never waited
-    for (orphans, killed after it) add what was last seen of them.
+
+def _below_cpu_s(key: _Key | None, live: set[_Key], waited_s: float) -> tuple[float, float]:
+    """``key``'s descendants' CPU seconds in two parts: (what ``key`` waited for, the rest).
+
+    The first is the larger of ``waited_s`` (its children times, perhaps seen before the last child exited)
+    and what its gone children held for it (a parent that does not wait, like Ray's raylet, leaves
+    ``waited_s`` short). The rest is what no wait of ``key`` records: its live children's subtrees, its
+    orphans' (init reaps them), and what its gone children did not wait for in turn.
     """
-    kids = [k for k, (parent, _, _) in _SEEN.items() if parent == key]
-    total, gone_direct = 0.0, 0.0
-    for k in kids:
-        own_s, kid_waited_s = _SEEN[k][1], _SEEN[k][2]
-        below = _tree_cpu_s(k, live, kid_waited_s)
-        if k in live:
-            total += own_s + below
+    held_s, rest_s = 0.0, 0.0
+    for kid in [k for k, seen in _SEEN.items() if seen.parent == key]:
+        kid_held_s, kid_total_s = _subtree_cpu_s(kid, live)
+        if kid in live or _SEEN[kid].orphan:
+            rest_s += kid_total_s
         else:
-            gone_direct += own_s + kid_waited_s
-            total += below - kid_waited_s  # what the kid's own waits could not have recorded
-    return total + max(waited_s, gone_direct)
+            held_s += kid_held_s
+            rest_s += kid_total_s - kid_held_s
+    return max(waited_s, held_s), rest_s
+
+
+def _tree_cpu_s(key: _Key | None, live: set[_Key], waited_s: float) -> float:
+    """CPU seconds of ``key``'s descendants (live ones now, gone ones as last seen), each counted once.
+
+    A chain whose every parent waited (TorchServe's launcher → Java → workers) is held whole in the top's
+    children times and counts once; an orphan (a worker that outlived its server's shutdown) adds its own.
+    """
+    return sum(_below_cpu_s(key, live, waited_s))
 
 
 def _own_cpu_s() -> tuple[float, int]:
@@ -125,7 +150,7 @@ def _own_cpu_s() -> tuple[float, int]:
 
 
 def _remember(procs: Iterable[Any]) -> set[_Key]:
-    """Record each psutil process's CPU now under its (pid, create time), keeping a parent recorded earlier; returns their keys."""
+    """Record each psutil process's CPU now under its (pid, create time), keeping a parent recorded earlier (and marking it an orphan once another parent has it); returns their keys."""
     import psutil
 
     me, keys = os.getpid(), set[_Key]()
@@ -134,10 +159,11 @@ def _remember(procs: Iterable[Any]) -> set[_Key]:
             with proc.oneshot():
                 c, key, ppid = proc.cpu_times(), (proc.pid, proc.create_time()), proc.ppid()
             known = _SEEN.get(key)
-            parent = known[0] if known else None if ppid == me else (ppid, psutil.Process(ppid).create_time())
+            parent = known.parent if known else None if ppid == me else (ppid, psutil.Process(ppid).create_time())
         except psutil.Error:
             continue
-        _SEEN[key] = (parent, c.user + c.system, c.children_user + c.children_system)
+        orphan = bool(known and (known.orphan or ppid != (me if parent is None else parent[0])))
+        _SEEN[key] = _Seen(parent, c.user + c.system, c.children_user + c.children_system, orphan)
         keys.add(key)
     return keys
 
