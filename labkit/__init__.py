@@ -6,7 +6,7 @@ Layout — one folder per concern (the README's Layout section says the same):
     data, plots         data that ships or is generated; the one plot family
     show                labkit.show(): a named region of the source, or a public object's source
     models/             every model and how it is trained and cached (store: cache-or-train and the
-                        fit loop; digit_nets, vision, tinygpt, wide: the bf16 timing model,
+                        fit loop; digit_nets, vision, tinygpt, wide: the float32 timing model,
                         savedmodels: Keras → TF SavedModel)
     runtime/            the machine and its processes: hardware, process (managed subprocesses,
                         die_with_parent, pid registry, process trees, assert_nothing_left),

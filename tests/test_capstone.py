@@ -252,7 +252,7 @@ def test_advice_answers_each_question_from_real_rows_only() -> None:
     winners = [part.split("**")[0] for s in text for part in s.split(": **")[1:]]
     assert winners and not any("emulated" in w or "stand-in" in w or "ceiling" in w or "floor" in w for w in winners), winners
     assert "lowest p99" in joined and "requests per server CPU-second" in joined and "Fastest recovery" in joined and "Least code to deploy" in joined
-    assert "digit CNN" in joined and "wide bf16" in joined  # both workloads
+    assert "digit CNN" in joined and "wide model" in joined  # both workloads
     assert "Kubernetes needs 160 lines" in joined and "Left out of every question above" in joined and options.TF_STAND_IN in joined
 
 

@@ -203,3 +203,15 @@ def test_zz_stop_leaves_no_ray_process(cluster: Any) -> None:
     assert cluster.leftover() == []
     assert ray_service.leftover_processes(pids) == []
     assert not ray.is_initialized()
+
+
+def test_the_wide_models_two_forms_agree() -> None:
+    """WideDigitNet (Ray, Triton, LitServe) and its MLP (TorchServe) are one network: same answers, same dtype."""
+    import torch
+
+    net, mlp = wide.wide_trained(width=512), wide.wide_mlp(width=512)
+    x = load_digits().x_test[:32]
+    with torch.inference_mode():
+        mlp_labels = mlp(torch.tensor(np.asarray(x))).argmax(dim=1).numpy()
+    assert (mlp_labels == net.predict(x)).all()
+    assert net.w2.dtype == next(mlp.parameters()).dtype == getattr(torch, wide.DTYPE_NAME)

@@ -5,7 +5,7 @@ functions — the model in the server process, a process pool, Ray tasks — sit
 which does nothing but decode the JSON, call the option and encode the answer::
 
     POST /predict/cnn   {"inputs": [[64 floats]], "tta": 1}  →  {"predictions": [k]}
-    POST /predict/wide  (the same body)                       →  the wide bf16 model's classes
+    POST /predict/wide  (the same body)                       →  the wide model's classes
 
 ``--backend``: ``null`` (no model at all: the same JSON in and out, the *null-server ceiling*),
 ``in-process`` (the model runs in the front's threads), ``pool`` (the recovering

@@ -1,4 +1,4 @@
-"""The LitServe server: the wide bf16 model behind a ``LitAPI``, batching, Prometheus metrics.
+"""The LitServe server: the wide model behind a ``LitAPI``, batching, Prometheus metrics.
 
 Run by ``labkit.services.litserve`` as ``python -m labkit.apps.litserve_app --port P ...``.
 LitServe (Lightning AI) puts a FastAPI/uvicorn front in one process and the model in an

@@ -1,4 +1,4 @@
-"""``labkit bench litserve``: LitServe's batching gain on the wide bf16 model, at concurrency 32.
+"""``labkit bench litserve``: LitServe's batching gain on the wide model, at concurrency 32.
 
 Two LitServe servers, one after the other (LitServe fixes batching at start-up): ``max_batch_size``
 1 (no batching) and batches of up to 32 waiting up to 20 ms (the Python front hands requests over more slowly than Triton's C++ one: a longer wait collects larger batches), each with one inference worker and

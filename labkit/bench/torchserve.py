@@ -1,7 +1,7 @@
 """``labkit bench torchserve``: dynamic batching's throughput gain at concurrency 32, side by side.
 
 One TorchServe, one worker, the wide model as an MLP (``models.wide.wide_mlp()``: at batch size 1 a
-request is bound by reading 134 MB of bfloat16 weights, which a batch shares; only timed). The same archive is registered twice:
+request streams 268 MB of float32 weights, which a batch shares; only timed). The same archive is registered twice:
 ``batch_size=1`` (no batching) and ``batch_size=32, max_batch_delay=10 ms``; each gets the same
 closed-loop load at concurrency 32. Also reported: the model's own batching gain in-process, the
 HTTP path's ceiling (GET /ping: load generator + Java frontend, no model — batching cannot beat it),
@@ -35,7 +35,7 @@ def run(fast: bool) -> bench.Result:
     """Measure batching on/off at concurrency 32; report start, stop and RSS."""
     n_requests = 320 if fast else 1600
     store = torchserve.model_store()
-    wide = wide_model.wide_mlp()  # the timing model, in bfloat16
+    wide = wide_model.wide_mlp()  # the timing model, in models.wide.DTYPE_NAME
     mar = torchserve.archive("wide", "1.0", wide, store).name
     images = data.load_digits().x_test[:256]
     model_gain = _in_process_gain(wide, images)

@@ -1,7 +1,7 @@
-"""``labkit bench triton``: NVIDIA Triton's dynamic batching gain on the wide bf16 model, at concurrency 32.
+"""``labkit bench triton``: NVIDIA Triton's dynamic batching gain on the wide model, at concurrency 32.
 
 One real ``tritonserver`` (nvidia-pytriton, run from ``.venv-triton``), the wide model
-(``models.wide``, width 8192: at batch 1 a request is bound by reading 128 MB of bf16 weights,
+(``models.wide``, width 8192: at batch 1 a request streams 256 MB of float32 weights,
 which a batch shares) bound twice: ``max_batch_size`` 1 (no batching) and the dynamic batcher
 (up to 32, waiting up to 2 ms). Both get the same closed-loop load at concurrency 32, one after
 the other, in this run (``services.triton.batching_sweep``). Also reported: the mean batch

@@ -33,10 +33,13 @@ from labkit import config
 from labkit.errors import BadInput
 from labkit.measure.load import LoadResult
 
-__all__ = ["BatchingSweep", "Served", "Setting", "SweepRow", "recent", "save", "sweep"]
+__all__ = ["BatchingSweep", "ModelGain", "Served", "Setting", "SweepRow", "check_serving_gain", "model_gain", "recent", "save", "sweep"]
 
 WARMUP = (2, 8)  # (concurrency, requests) sent untimed to each setting before it is measured
 RECENT_S = 3600.0  # a saved sweep older than this is not "from this sitting" (recent() ignores it)
+MODEL_SIZES = (1, 4, 16, 32)  # batch sizes the model alone is timed at (model_gain)
+SERVING_SHARE = 0.5  # a server should turn at least this share of the model's own gain (beyond 1×) into throughput
+LITTLE_GAIN = 1.2  # below this per-item gain the model has little for batching to give
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,70 @@ class BatchingSweep:
     def summaries(self) -> list[dict[str, Any]]:
         """Every row's ``summary()``."""
         return [r.summary() for r in self.rows]
+
+
+@dataclass(frozen=True)
+class ModelGain:
+    """The model alone, in this process: seconds per call at each batch size (``per_call``, keyed "batch N")."""
+
+    per_call: Mapping[str, Any]  # "batch N" -> timing.Spread of seconds per call
+
+    @property
+    def sizes(self) -> list[int]:
+        return sorted(int(k.split()[1]) for k in self.per_call)
+
+    def call_s(self, batch: float) -> float:
+        """Median seconds of one call of ``batch`` items, linear between the measured sizes."""
+        sizes = self.sizes
+        b = min(max(batch, sizes[0]), sizes[-1])
+        lo = max(s for s in sizes if s <= b)
+        hi = min(s for s in sizes if s >= b)
+        t_lo, t_hi = self.per_call[f"batch {lo}"].median, self.per_call[f"batch {hi}"].median
+        return t_lo if hi == lo else t_lo + (t_hi - t_lo) * (b - lo) / (hi - lo)
+
+    def gain(self, batch: float) -> float:
+        """Per-item gain of calls of ``batch`` items over calls of 1: the most a server's batching can give at that batch."""
+        return batch * self.call_s(1) / self.call_s(batch)
+
+    def line(self) -> str:
+        """One sentence: per call and per item at each size, and the gain at the largest."""
+        per = ", ".join(f"batch {b}: {1e3 * self.call_s(b):.1f} ms per call, {1e3 * self.call_s(b) / b:.2f} ms per item" for b in self.sizes)
+        return f"the model alone (this process, one thread): {per} → batch {self.sizes[-1]} is {self.gain(self.sizes[-1]):.2f}× cheaper per item"
+
+
+def model_gain(predict: Callable[[Any], Any], images: Any, sizes: Sequence[int] = MODEL_SIZES, repeats: int = 5) -> ModelGain:
+    """Time ``predict`` on the first N ``images`` for each batch size N, in interleaved rounds on one thread."""
+    from labkit.measure import timing
+    from labkit.runtime import hardware
+
+    if not sizes or min(sizes) != 1 or max(sizes) > len(images):
+        raise BadInput(f"sizes must start at 1 and fit in the {len(images)} images given, not {list(sizes)}")
+    def call(batch: Any) -> Callable[[], Any]:
+        return lambda: predict(batch)
+
+    with hardware.threads_limited(1):
+        per_call = timing.compare({f"batch {b}": call(images[:b]) for b in sorted(set(sizes))}, repeats=repeats, warmup=3)
+    return ModelGain(per_call)
+
+
+def check_serving_gain(server: str, gain: float, model: ModelGain, mean_batch: float, concurrency: int) -> bool:
+    """The verdict on a server's batching gain, against what the model alone gains at the mean batch the server formed.
+
+    A server batches the model's calls, not its own per-request work (HTTP, JSON, the queue), so it should turn
+    at least ``SERVING_SHARE`` of the model's gain beyond 1× into throughput; where the model gains under
+    ``LITTLE_GAIN``, batching has little to give and should at least not cost much.
+    """
+    from labkit.measure import verdicts
+
+    own = model.gain(mean_batch)
+    at = f"the model alone gains {own:.2f}× per item at the mean batch of {mean_batch:.1f} the server formed"
+    if own < LITTLE_GAIN:
+        return verdicts.check(f"{server}'s batching costs little at concurrency {concurrency} where there is little to gain ({at})",
+                              gain, ">=", 0.8, unit="×").held
+    floor = 1 + SERVING_SHARE * (own - 1)
+    return verdicts.check(f"{server}'s batching turns the model's own gain into throughput at concurrency {concurrency} ({at}; "
+                          f"at least half of it beyond 1× expected, as each request's HTTP and JSON are not batched)",
+                          gain, ">=", floor, unit="×").held
 
 
 def sweep(

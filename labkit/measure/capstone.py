@@ -66,7 +66,7 @@ __all__ = [
 FIXED_CONCURRENCY = 16
 # The load generator: aiohttp used about half of httpx's client CPU per request here (14 measures it).
 CLIENT = "aiohttp"
-WORKLOADS = {"cnn": "digit CNN (overhead-bound)", "wide": "wide bf16 model (batching-bound)"}
+WORKLOADS = {"cnn": "digit CNN (overhead-bound)", "wide": "wide model (big weights streamed every call)"}
 # real: the component itself; emulated: labkit stands in for part of it (the Kubernetes control
 # plane); stand-in: labkit's re-implementation of the server; reference: the floor and the ceiling.
 KINDS = ("real", "emulated", "stand-in", "reference")

@@ -2,7 +2,7 @@
 
 store (load a cached state dict or train and save atomically; the one fit loop), digit_nets (the
 digit CNN and MLP), vision (the pipeline stages of 01), tinygpt (03), wide (the
-bfloat16 timing model the serving benchmarks batch), savedmodels (Keras models exported as TF
+float32 timing model the serving benchmarks batch), savedmodels (Keras models exported as TF
 SavedModels for 10). Import the module you need: ``from labkit.models import digit_nets``.
 """
 

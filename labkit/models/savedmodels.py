@@ -183,16 +183,16 @@ def export_versions(base: str | Path | None = None, model_name: str = "digits", 
 
 
 WIDE_WIDTH = wide.WIDTH  # one definition of the timing model's size: labkit.models.wide
-WIDE_DTYPE = wide.DTYPE_NAME  # the wide layers' weights and arithmetic, as large models are served
-WIDE_SQUARE_LAYERS = 2  # width × width layers (128 MB each at 8192 in bfloat16)
+WIDE_DTYPE = wide.DTYPE_NAME  # the wide layers' weights and arithmetic (models.wide says why float32)
+WIDE_SQUARE_LAYERS = 2  # width × width layers (256 MB each at 8192 in float32)
 
 
 def export_wide(base: str | Path | None = None, model_name: str = "wide", width: int = WIDE_WIDTH, seed: int = 0) -> Path:
     """Write a seeded, untrained wide MLP (64 → width → width → width → 10) as version 1 of ``model_name``.
 
-    A timing model for batching: its two width × width layers are stored and run in bfloat16
-    (256 MB at 8192). At batch size 1 a call mostly reads those weights; a batch of 32 reads them once and runs
-    on the CPU's bf16 matrix units, so merging requests into one call saves most of the work. It is
+    A timing model for batching: its two width × width layers are stored and run in ``WIDE_DTYPE``
+    (512 MB at 8192 in float32). At batch size 1 a call mostly streams those weights for one row of arithmetic;
+    a batch of 32 streams them once, so merging requests into one call saves most of the work. It is
     never trained and its answers mean nothing; the digit CNN is the model whose answers are checked.
     """
     root = Path(base) if base is not None else config.cache_dir("tfserving")

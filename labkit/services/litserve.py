@@ -1,7 +1,7 @@
 """LitServe from a notebook: one server per batching setting, on a free 127.0.0.1 port, nothing left behind.
 
 ``start(Setting(32, 5.0))`` runs ``labkit.apps.litserve_app`` as a managed child: LitServe's
-FastAPI front, one inference worker with the wide bf16 model, batches of up to 32 requests
+FastAPI front, one inference worker with the wide model, batches of up to 32 requests
 waiting at most 5 ms (``Setting(1)``: no batching). Ready means a real prediction succeeded.
 LitServe fixes batching when the server starts, so a sweep starts one server per setting.
 

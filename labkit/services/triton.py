@@ -4,7 +4,7 @@ Triton comes from the PyPI wheel ``nvidia-pytriton`` (it bundles the ``tritonser
 its Python backend). PyTriton pins numpy < 2 while the lab runs numpy 2, so it lives in its own
 virtual environment, ``.venv-triton`` (``make triton``; ``make lab`` and ``make test`` build it),
 the way a deployment runs a server in its own image. ``start()`` runs ``labkit.apps.triton_app``
-with that environment's Python: it binds the wide bf16 model once per batching setting and
+with that environment's Python: it binds the wide model once per batching setting and
 serves them on free 127.0.0.1 ports (HTTP, gRPC, metrics). The lab's own Python only talks to it
 over HTTP — the KServe v2 protocol Triton speaks:
 
