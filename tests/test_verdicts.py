@@ -42,7 +42,10 @@ def test_rounding_never_hides_a_failed_comparison() -> None:
     """05 §4: 30.5 % against ≤ 30 % printed "30 % (expected ≤ 30 %)" with a ✅; more digits show it fails."""
     assert str(verdicts.check("rounds agree", 30.5, "<=", 30, unit=" %", digits=0, cause="c", show=False)) == (
         "⚠️ rounds agree — measured 30.5 % (expected ≤ 30.0 %): c")
-    assert str(verdicts.check("x", 29.6, "<=", 30, unit=" %", digits=0, show=False)) == "✅ x — measured 30 % (expected ≤ 30 %)"
+    # a value that would print as its bound gets the digits that tell them apart (12's p99: "1.0× (expected > 1.0×)")
+    assert str(verdicts.check("x", 29.6, "<=", 30, unit=" %", digits=0, show=False)) == "✅ x — measured 29.6 % (expected ≤ 30.0 %)"
+    assert str(verdicts.check("p99", 0.998, ">", 1.0, unit="×", digits=1, cause="c", show=False)) == "⚠️ p99 — measured 0.998× (expected > 1.000×): c"
+    assert str(verdicts.check("x", 30, "<=", 30, unit=" %", digits=0, show=False)) == "✅ x — measured 30 % (expected ≤ 30 %)"
     assert str(verdicts.check("x", 0.54, ">", 0.5, digits=1, show=False)).endswith("measured 0.54 (expected > 0.50)")
     assert not verdicts.check("x", 1.996, ">=", 2.0, cause="c", show=False)
     line = str(verdicts.within("x", 1.5004, 0.67, 1.5, unit="×", cause="c", show=False))

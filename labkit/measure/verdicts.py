@@ -75,11 +75,12 @@ def _counted(value: float, digits: int, unit: str) -> str:
     return " " + (word[:-2] if word.endswith(("sses", "ches", "shes", "xes")) else word[:-1])
 
 
-def _precision(holds: Callable[[int | None], bool], digits: int) -> int:
-    """The fewest digits (from ``digits``) at which the rounded comparison agrees with the exact one (``holds(None)``)."""
+def _precision(holds: Callable[[int | None], bool], digits: int, value: float | None = None, bounds: tuple[float, ...] = ()) -> int:
+    """The fewest digits (from ``digits``) at which the rounded comparison agrees with the exact one (``holds(None)``)
+    and ``value`` does not print as one of ``bounds`` it differs from (0.998 against 1.0 reads "0.998", not "1.0 > 1.0")."""
     exact = holds(None)
     for d in range(digits, digits + EXTRA_DIGITS + 1):
-        if holds(d) == exact:
+        if holds(d) == exact and (value is None or all(round(value, d) != round(b, d) or value == b for b in bounds)):
             return d
     return digits + EXTRA_DIGITS
 
@@ -115,7 +116,7 @@ def check(claim: str, value: float, op: str, bound: float, unit: str = "", digit
     compare, symbol = _OPS[op]
     short = digits >= 4  # the caller asked for a tolerance's short form
     if value == value:  # NaN never holds (and needs no extra digits)
-        digits = _precision(lambda d: compare(_rounded(value, d), _rounded(bound, d)), digits)
+        digits = _precision(lambda d: compare(_rounded(value, d), _rounded(bound, d)), digits, float(value), (float(bound),))
     held = value == value and compare(round(float(value), digits), round(float(bound), digits))
     verdict = Verdict(claim, held, _fmt(value, digits, _counted(value, digits, unit), short), f"{symbol} {_fmt(bound, digits, _counted(bound, digits, unit), short)}", None if held else _likely_cause(cause), shown=show)
     if show:
