@@ -130,7 +130,7 @@ def within(claim: str, value: float, low: float, high: float, unit: str = "", di
         raise BadInput(f"low ({low}) must not exceed high ({high})")
     short = digits >= 4
     if value == value:
-        digits = _precision(lambda d: _rounded(low, d) <= _rounded(value, d) <= _rounded(high, d), digits)
+        digits = _precision(lambda d: _rounded(low, d) <= _rounded(value, d) <= _rounded(high, d), digits, float(value), (float(low), float(high)))
     held = value == value and round(low, digits) <= round(float(value), digits) <= round(high, digits)
     low_s, high_s = (_fmt(b, digits, _counted(b, digits, unit), short) for b in (low, high))
     expected = f"= {low_s}" if low_s == high_s else f"between {low_s} and {high_s}"  # an exact status reads "= 400"
